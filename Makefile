@@ -1,0 +1,48 @@
+# tpmsniff — everything installs what it needs: `make demo`, `make test`, `make bench`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-pcap0 tshark \
+	qemu-system-x86 seabios socat pkg-config gcc python3-dev python3-venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps venv test unit lint demo bench clean
+
+deps: ## install the Debian packages that are missing
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
+			>/dev/null || exit 1; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: deps $(VENV)/.installed
+
+test: venv ## the whole suite: unit + integration with real swtpm, tpm2-tools, tshark
+	$(PY) -m ruff check tpmsniff tests bench
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+lint: venv
+	$(PY) -m ruff check tpmsniff tests bench
+	$(PY) -m ruff format --check tpmsniff tests bench
+
+demo: venv ## private swtpm + tpmsniff + a seal/unseal workload; shows the console
+	$(PY) bench/demo.py
+
+bench: venv ## latency/throughput vs direct and socat, RSS growth
+	$(PY) bench/bench.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,236 @@
+"""Fixtures that run the real things: swtpm, tpmsniff as a process, tpm2-tools.
+
+A missing tool is a test *failure* (never a skip): CI must not pass vacuously.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"required tool {tool!r} is not installed (run `make deps`)", pytrace=False)
+    return path
+
+
+def free_port(pair: bool = False) -> int:
+    """A free TCP port (and port+1 if pair) on 127.0.0.1."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65000:
+            continue
+        if not pair:
+            return port
+        with socket.socket() as s2:
+            try:
+                s2.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _connectable(addr) -> bool:
+    fam = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(addr)
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Swtpm:
+    proc: subprocess.Popen
+    dir: Path
+    log: Path
+    data: str  # tpmsniff ADDR of the data channel
+    ctrl: str
+    tcti: str  # TPM2TOOLS_TCTI for a direct connection
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_swtpm(
+    tmp: Path, kind: str = "tcp", name: str = "swtpm", extra: list[str] | None = None
+) -> Swtpm:
+    exe = require("swtpm")
+    d = tmp / name
+    (d / "state").mkdir(parents=True)
+    log = d / "swtpm.log"
+    args = [
+        exe,
+        "socket",
+        "--tpm2",
+        "--tpmstate",
+        f"dir={d / 'state'}",
+        "--flags",
+        "not-need-init,startup-clear",
+        "--log",
+        f"file={log},level=2",
+    ]
+    if kind == "tcp":
+        port = free_port(pair=True)
+        args += ["--server", f"type=tcp,port={port}", "--ctrl", f"type=tcp,port={port + 1}"]
+        data, ctrl = f"tcp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port + 1}"
+        tcti = f"swtpm:host=127.0.0.1,port={port}"
+        probe = ("127.0.0.1", port)
+    else:
+        sock = str(d / "swtpm.sock")
+        args += ["--server", f"type=unixio,path={sock}", "--ctrl", f"type=unixio,path={sock}.ctrl"]
+        data, ctrl, tcti, probe = sock, sock + ".ctrl", f"swtpm:path={sock}", sock
+    args += extra or []
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sw = Swtpm(proc, d, log, data, ctrl, tcti)
+    try:
+        if kind == "tcp":
+            wait_for(lambda: _connectable(probe) or proc.poll() is not None, what="swtpm")
+        else:
+            wait_for(lambda: os.path.exists(probe) or proc.poll() is not None, what="swtpm")
+    except TimeoutError:
+        sw.stop()
+        raise
+    if proc.poll() is not None:
+        pytest.fail(f"swtpm exited: {proc.stderr.read().decode()}")
+    return sw
+
+
+@pytest.fixture
+def swtpm_tcp(tmp_path):
+    sw = start_swtpm(tmp_path, "tcp")
+    yield sw
+    sw.stop()
+
+
+@pytest.fixture
+def swtpm_unix(tmp_path):
+    sw = start_swtpm(tmp_path, "unix")
+    yield sw
+    sw.stop()
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def swtpm_any(request, tmp_path):
+    sw = start_swtpm(tmp_path, request.param)
+    yield sw
+    sw.stop()
+
+
+@dataclass
+class Sniff:
+    proc: subprocess.Popen
+    listen: str
+    tcti: str
+    pcap: Path
+    stdout: Path
+    stderr: Path
+    events: list[dict] = field(default_factory=list)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log_events(self) -> list[dict]:
+        out = []
+        for line in self.stderr.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "raw", "line": line})
+        return out
+
+    def console(self) -> str:
+        return self.stdout.read_text()
+
+
+def tpmsniff_cmd() -> list[str]:
+    return [sys.executable, "-m", "tpmsniff"]
+
+
+def start_sniff(
+    tmp: Path,
+    upstream: str,
+    *,
+    kind: str | None = None,
+    extra: list[str] | None = None,
+    name: str = "sniff",
+) -> Sniff:
+    kind = kind or ("tcp" if upstream.startswith("tcp:") else "unix")
+    d = tmp / name
+    d.mkdir(parents=True, exist_ok=True)
+    if kind == "tcp":
+        port = free_port(pair=True)
+        listen, tcti, probe = (
+            f"tcp:127.0.0.1:{port}",
+            f"swtpm:host=127.0.0.1,port={port}",
+            ("127.0.0.1", port),
+        )
+    else:
+        listen = str(d / "sniff.sock")
+        tcti, probe = f"swtpm:path={listen}", listen
+    pcap = d / "capture.pcapng"
+    out, err = d / "console.txt", d / "events.jsonl"
+    args = (
+        tpmsniff_cmd()
+        + ["--listen", listen, "--upstream", upstream, "--pcap", str(pcap), "--log-format", "json"]
+        + (extra or [])
+    )
+    proc = subprocess.Popen(args, stdout=out.open("w"), stderr=err.open("w"), cwd=ROOT)
+    s = Sniff(proc, listen, tcti, pcap, out, err)
+    wait_for(lambda: proc.poll() is not None or '"ready"' in err.read_text(), 20, "tpmsniff ready")
+    if proc.poll() is not None:
+        pytest.fail(f"tpmsniff exited {proc.returncode}: {err.read_text()}")
+    assert _connectable(probe)
+    return s
+
+
+def run_tool(
+    args: list[str], tcti: str, cwd: Path, input: bytes | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    require(args[0])
+    env = dict(os.environ, TPM2TOOLS_TCTI=tcti)
+    p = subprocess.run(args, env=env, cwd=cwd, input=input, capture_output=True, timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({p.returncode}): {p.stderr.decode()}")
+    return p

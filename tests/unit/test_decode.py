@@ -1,0 +1,84 @@
+"""Decoding of bytes recorded from a real tpm2-tools run against swtpm (tests/data)."""
+
+from __future__ import annotations
+
+from conftest import DATA
+
+from tpmsniff.annotate import Annotator
+from tpmsniff.channels import Event
+from tpmsniff.framing import Message
+from tpmsniff.model import Channel, Direction, Framing, Verdict
+from tpmsniff.swtpmlog import parse_file
+from tpmsniff.tpm import decode_command, decode_response, rc_text
+
+LOG = DATA / "tpm2tools-workload.swtpm.log"
+
+
+def frames_from_log():
+    ann = Annotator()
+    out = []
+    for m in parse_file(str(LOG)):
+        ch = Channel.TPM if m.kind.startswith("tpm") else Channel.CTRL
+        d = Direction.COMMAND if m.kind.endswith("cmd") else Direction.RESPONSE
+        cmd = None
+        if ch is Channel.CTRL and d is Direction.RESPONSE:
+            cmd = out[-1].ctrl.cmd
+        fr = Framing.RAW if ch is Channel.TPM else Framing.CTRL
+        out.append(ann.annotate(1, 0.0, Event(ch, d, Message(m.data, fr), cmd)))
+    return out
+
+
+def test_every_recorded_message_decodes():
+    frames = frames_from_log()
+    assert len(frames) > 100
+    assert [f for f in frames if f.error] == []
+    names = {f.name for f in frames if f.tpm}
+    assert {"Create", "Unseal", "Load", "NV_Write", "NV_Read", "StartAuthSession"} <= names
+
+
+def test_tpm2tools_default_unseal_is_plaintext():
+    unseal = [
+        f for f in frames_from_log() if f.name == "Unseal" and f.direction is Direction.RESPONSE
+    ]
+    assert unseal and unseal[0].verdict is Verdict.PLAINTEXT
+    p = unseal[0].tpm.param
+    assert p.type_name == "TPM2B_SENSITIVE_DATA"
+    assert unseal[0].raw[p.offset + 2 : p.offset + 2 + p.size] == b"tpmsniff-secret-42"
+
+
+def test_response_sessions_carry_command_handles():
+    f = next(
+        f
+        for f in frames_from_log()
+        if f.name == "Create" and f.direction is Direction.RESPONSE and f.tpm.code == 0
+    )
+    assert f.tpm.sessions and f.tpm.sessions[0].handle is not None
+
+
+def test_password_session_flagged():
+    # PolicySecret-free Unseal of a sealed object with a password session (TPM_RS_PW, auth "pw")
+    cmd = bytes.fromhex("80020000001e0000015e800000010000000d4000000900000100027077")
+    cmd = cmd[:2] + len(cmd).to_bytes(4, "big") + cmd[6:]
+    info, err = decode_command(cmd)
+    assert err is None
+    s = info.sessions[0]
+    assert s.is_password and s.auth == b"pw"
+
+
+def test_tpm12_and_unknown_codes_fall_back_to_header():
+    info, err = decode_command(bytes.fromhex("00c10000000a000000f1"))
+    assert info.header_only and info.name == "TPM1.2 GetTicks" and err is None
+    info, err = decode_command(bytes.fromhex("80010000000a20001000"))
+    assert info.header_only and err is None
+    rsp, err = decode_response(bytes.fromhex("80010000000a00000101"), info)
+    assert rsp.code == 0x101 and "failure" in rsp.rc_text
+
+
+def test_format1_rc_names_session_number():
+    assert "session(1)" in rc_text(0x9A2)
+    assert "handle(1)" in rc_text(0x18B)
+
+
+def test_truncated_message_is_annotated_not_raised():
+    info, err = decode_command(bytes.fromhex("80020000001400000153810000020000"))
+    assert err is not None and info.header_only

@@ -1,0 +1,237 @@
+"""Command line: `tpmsniff --listen ADDR --upstream ADDR [...]`.
+
+Exit codes: 0 clean stop; 2 usage error; 3 cannot start (listen address taken or
+unusable, upstream unreachable, capture file not writable). Errors are one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+import structlog
+
+from . import __version__
+from .addresses import Address, AddressError, parse_address
+from .channels import CtrlChannel, DataChannel
+from .framing import DEFAULT_MAX_MESSAGE
+from .logs import configure
+from .pipeline import Pipeline
+from .sinks.base import Sink
+from .sinks.console import ConsoleSink
+from .sinks.jsonl import JsonlSink
+from .sinks.pcapng import PcapngSink
+from .transport import ConnCounter, Relay, StartupError, check_unix_upstream, check_upstream
+
+EXIT_OK, EXIT_USAGE, EXIT_STARTUP = 0, 2, 3
+log = structlog.get_logger("tpmsniff")
+
+DESCRIPTION = """\
+Relay a TPM client (tpm2-tools/any TSS via the swtpm TCTI, or a raw socket client) to
+swtpm, unchanged, while decoding every TPM 2.0 command and response.
+
+ADDR is PATH or unix:PATH (Unix stream socket), or tcp:HOST:PORT or HOST:PORT (TCP).
+The swtpm TCTI opens its control channel at PORT+1 or PATH.ctrl; tpmsniff listens there
+too and relays to the upstream's companion when that exists at start-up."""
+
+EPILOG = """\
+examples:
+  swtpm socket --tpm2 --server type=tcp,port=2321 --ctrl type=tcp,port=2322 \\
+        --flags not-need-init,startup-clear &
+  tpmsniff --listen tcp:127.0.0.1:3321 --upstream tcp:127.0.0.1:2321 --pcap out.pcapng
+  TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port=3321 tpm2_getrandom 8
+
+exit codes:
+  0  stopped cleanly (SIGTERM/SIGINT)
+  2  usage error
+  3  cannot start: listen address in use or not a socket, upstream unreachable,
+     capture file not writable"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        self.exit(EXIT_USAGE, f"tpmsniff: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="tpmsniff",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"tpmsniff {__version__}")
+    p.add_argument("--listen", required=True, metavar="ADDR", help="where clients connect")
+    p.add_argument("--upstream", required=True, metavar="ADDR", help="the swtpm data socket")
+    p.add_argument(
+        "--listen-ctrl",
+        metavar="ADDR|none",
+        help="control-channel listen address (default: companion of --listen, "
+        "if the upstream companion exists)",
+    )
+    p.add_argument(
+        "--upstream-ctrl",
+        metavar="ADDR",
+        help="upstream control address (default: companion of --upstream)",
+    )
+    p.add_argument("--pcap", metavar="FILE", help="write an annotated pcapng (mode 0600)")
+    p.add_argument("--jsonl", metavar="FILE", help="write one JSON object per message")
+    p.add_argument(
+        "--console",
+        choices=("hexdump", "summary", "none"),
+        default="hexdump",
+        help="console output (default: hexdump)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="format of log events on stderr (default: console)",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument(
+        "--max-message",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE,
+        metavar="N",
+        help="largest TPM message framed, excluding MS-sim prefix (default: 4096); "
+        "larger ones are relayed unframed",
+    )
+    p.add_argument(
+        "--listen-mode",
+        type=lambda s: int(s, 8),
+        metavar="OCTAL",
+        help="permissions of Unix listen sockets, e.g. 0660",
+    )
+    return p
+
+
+def _addr(text: str, what: str) -> Address:
+    try:
+        return parse_address(text)
+    except AddressError as exc:
+        raise StartupError(f"{what}: {exc}") from None
+
+
+async def _companion(
+    args: argparse.Namespace, listen: Address, upstream: Address
+) -> tuple[Address, Address] | None:
+    if args.listen_ctrl == "none":
+        return None
+    lc = _addr(args.listen_ctrl, "--listen-ctrl") if args.listen_ctrl else listen.companion()
+    if args.upstream_ctrl:
+        uc = _addr(args.upstream_ctrl, "--upstream-ctrl")
+        await check_upstream(uc)
+        return lc, uc
+    uc = upstream.companion()
+    try:
+        if uc.kind == "unix":
+            check_unix_upstream(uc)
+        else:
+            await check_upstream(uc, timeout=1.0)
+    except StartupError:
+        if args.listen_ctrl:
+            raise
+        log.info("no upstream control channel; not relaying one", upstream_ctrl=str(uc))
+        return None
+    return lc, uc
+
+
+def make_sinks(args: argparse.Namespace) -> list[Sink]:
+    sinks: list[Sink] = []
+    if args.console != "none":
+        sinks.append(ConsoleSink(args.console))
+    try:
+        if args.pcap:
+            sinks.append(PcapngSink(args.pcap))
+        if args.jsonl:
+            sinks.append(JsonlSink(args.jsonl))
+    except OSError as exc:
+        raise StartupError(f"capture {exc.filename}: {exc.strerror}") from None
+    return sinks
+
+
+async def serve(args: argparse.Namespace) -> int:
+    listen = _addr(args.listen, "--listen")
+    upstream = _addr(args.upstream, "--upstream")
+    await check_upstream(upstream)
+    companion = await _companion(args, listen, upstream)
+    pipeline = Pipeline(make_sinks(args))
+    counter = ConnCounter()
+    relays = [
+        Relay(
+            listen,
+            upstream,
+            lambda: DataChannel(args.max_message),
+            pipeline,
+            counter,
+            listen_mode=args.listen_mode,
+        )
+    ]
+    if companion:
+        relays.append(
+            Relay(
+                companion[0],
+                companion[1],
+                CtrlChannel,
+                pipeline,
+                counter,
+                listen_mode=args.listen_mode,
+            )
+        )
+    try:
+        for r in relays:
+            await r.start()
+    except StartupError:
+        for r in relays:
+            r.stop_accepting()
+        pipeline.close()
+        raise
+    log.info(
+        "ready",
+        listen=str(listen),
+        upstream=str(upstream),
+        ctrl=f"{companion[0]} -> {companion[1]}" if companion else None,
+        pcap=args.pcap,
+        version=__version__,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping", clients=sum(len(r.clients) for r in relays))
+    for r in relays:
+        r.stop_accepting()
+    for _ in range(40):  # let in-flight request/response pairs finish (<= 2 s)
+        if not any(r.clients for r in relays):
+            break
+        await asyncio.sleep(0.05)
+    for r in relays:
+        r.close_all()
+    await asyncio.sleep(0)
+    pipeline.close()
+    log.info("stopped", frames=pipeline.frames_seen)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(args.log_format, args.log_level)
+    try:
+        return asyncio.run(serve(args))
+    except StartupError as exc:
+        print(f"tpmsniff: error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

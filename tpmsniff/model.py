@@ -1,0 +1,125 @@
+"""The annotated frame: the one immutable record every sink and check reads.
+
+The relay produces raw messages; the codec turns each into a `Frame`. Sinks never
+see sockets and never mutate frames, so they can run in any order (or offline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Direction(StrEnum):
+    COMMAND = "command"
+    RESPONSE = "response"
+
+
+class Channel(StrEnum):
+    TPM = "tpm"  # TPM command/response bytes (data channel)
+    CTRL = "ctrl"  # swtpm CMD_* control channel
+
+
+class Framing(StrEnum):
+    RAW = "raw"  # bare TPM message
+    MSSIM = "mssim"  # MS-simulator TPM_SEND_COMMAND prefix (+ trailer on responses)
+    CTRL = "ctrl"  # swtpm control message
+    UNFRAMED = "unframed"  # bytes that could not be framed; relayed as they came
+
+
+class Verdict(StrEnum):
+    """Parameter-encryption verdict vocabulary (see docs/verdicts.md)."""
+
+    ENCRYPTED = "ENCRYPTED"
+    PLAINTEXT = "PLAINTEXT"
+    NA = "n/a"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One authorization-area entry of a command or response."""
+
+    handle: int | None  # None on a response whose command was not seen
+    attributes: int
+    nonce: bytes
+    auth: bytes  # command: HMAC or (password sessions) the authValue; response: ack
+
+    @property
+    def is_password(self) -> bool:
+        return self.handle == 0x40000009
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """The first parameter: whether it is encryptable and whether it was encrypted."""
+
+    verdict: Verdict
+    type_name: str | None = None  # e.g. "TPM2B_SENSITIVE_CREATE"
+    offset: int | None = None  # offset of the TPM2B size field within the TPM message
+    size: int | None = None  # TPM2B buffer size (excluding its 2-byte size field)
+
+
+NO_PARAM = Param(Verdict.NA)
+
+
+@dataclass(frozen=True, slots=True)
+class TpmInfo:
+    """Decoded TPM 2.0 (or header-only TPM 1.2 / unknown) message."""
+
+    tag: int
+    size: int
+    code: int  # commandCode or responseCode
+    cc: int | None  # the command code (responses: the paired command's, if known)
+    name: str  # command name, e.g. "Create"
+    handles: tuple[int, ...] = ()
+    sessions: tuple[Session, ...] = ()
+    param: Param = NO_PARAM
+    rc_text: str | None = None  # responses only
+    header_only: bool = False  # TPM 1.2, unknown or vendor code: no deeper decode
+
+
+@dataclass(frozen=True, slots=True)
+class CtrlInfo:
+    """Decoded swtpm control-channel message."""
+
+    cmd: int | None  # CMD_* code (responses: the paired request's)
+    name: str
+    fields: dict[str, object] = field(default_factory=dict)
+    result: int | None = None  # responses: TPM result code
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One relayed message with everything tpmsniff knows about it."""
+
+    seq: int  # 1-based message number across the whole run
+    conn: int  # connection id (1-based)
+    channel: Channel
+    direction: Direction
+    ts: float  # UNIX time the first byte was relayed
+    raw: bytes  # exactly the bytes relayed, MS-sim prefix/trailer included
+    framing: Framing
+    prefix: int = 0  # bytes of transport prefix before the TPM message (MS-sim: 9 or 4)
+    locality: int | None = None
+    tpm: TpmInfo | None = None
+    ctrl: CtrlInfo | None = None
+    error: str | None = None  # why decoding stopped, if it did
+
+    @property
+    def message(self) -> bytes:
+        """The TPM or control message without transport prefix or trailer."""
+        if self.tpm is not None and self.framing is Framing.MSSIM:
+            return self.raw[self.prefix : self.prefix + self.tpm.size]
+        return self.raw
+
+    @property
+    def name(self) -> str:
+        if self.tpm is not None:
+            return self.tpm.name
+        if self.ctrl is not None:
+            return self.ctrl.name
+        return "?"
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.tpm.param.verdict if self.tpm is not None else Verdict.NA

@@ -1,0 +1,1 @@
+"""Independent consumers of the frame stream: console, pcapng, JSON Lines."""

@@ -1,0 +1,173 @@
+"""Human console: EVE-style headers plus an xxd-style hexdump, or one line per message.
+
+The only place in tpmsniff that prints. Colour only on a TTY (and not with NO_COLOR).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import TextIO
+
+from ..ctrl import BLOB_TYPES
+from ..describe import ctrl_fields, one_line, session_text
+from ..model import Channel, Direction, Frame, Verdict
+from .base import BaseSink, ConnInfo
+
+RESET, BOLD, DIM, RED, GREEN, YELLOW, CYAN = (
+    "\033[0m",
+    "\033[1m",
+    "\033[2m",
+    "\033[31m",
+    "\033[32m",
+    "\033[33m",
+    "\033[36m",
+)
+VERDICT_STYLE = {Verdict.ENCRYPTED: GREEN + BOLD, Verdict.PLAINTEXT: RED + BOLD, Verdict.NA: DIM}
+DUMP_LIMIT = 4096 + 9 + 4  # control blobs are summarised, not dumped
+
+
+def hexdump(data: bytes, hl: range | None = None, colour: bool = False) -> list[str]:
+    """xxd/EVE-style lines: offset, 16 bytes (gap after 8), |ASCII|; `hl` bytes highlighted."""
+    lines = []
+    for off in range(0, len(data), 16):
+        row = data[off : off + 16]
+        cells = []
+        for i, b in enumerate(row):
+            cell = f"{b:02x}"
+            if colour and hl is not None and off + i in hl:
+                cell = f"{YELLOW}{cell}{RESET}"
+            cells.append(cell + (" " if i != 7 else "  "))
+        pad = "   " * (16 - len(row)) + (" " if len(row) <= 8 else "")
+        text = "".join(chr(b) if 32 <= b < 127 else "." for b in row)
+        lines.append(f"{off:08x}  {''.join(cells)}{pad} |{text}|")
+    return lines
+
+
+class ConsoleSink(BaseSink):
+    def __init__(
+        self, mode: str = "hexdump", out: TextIO | None = None, colour: bool | None = None
+    ):
+        self.mode = mode
+        self.out = out or sys.stdout
+        if colour is None:
+            colour = self.out.isatty() and "NO_COLOR" not in os.environ
+        self.colour = colour
+
+    def _c(self, style: str, text: str) -> str:
+        return f"{style}{text}{RESET}" if self.colour else text
+
+    def _print(self, text: str) -> None:
+        try:
+            self.out.write(text + "\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass  # a closed stdout must never stop the relay
+
+    def conn_open(self, info: ConnInfo) -> None:
+        if self.mode == "hexdump":
+            self._print(
+                self._c(
+                    DIM, f"--- conn {info.conn} {info.channel} open: {info.peer} -> {info.upstream}"
+                )
+            )
+
+    def conn_close(self, conn: int, ts: float) -> None:
+        if self.mode == "hexdump":
+            self._print(self._c(DIM, f"--- conn {conn} closed"))
+
+    def frame(self, f: Frame) -> None:
+        if self.mode == "summary":
+            self._print(self._summary(f))
+        elif self.mode == "hexdump":
+            self._print(self._full(f))
+
+    def _stamp(self, f: Frame) -> str:
+        t = time.localtime(f.ts)
+        return time.strftime("%H:%M:%S", t) + f".{int((f.ts % 1) * 1e6):06d}"
+
+    def _marker(self, f: Frame) -> str:
+        v = f.verdict
+        if v is Verdict.NA:
+            return ""
+        word = f"[{v}]"
+        return self._c(VERDICT_STYLE[v], word)
+
+    def _summary(self, f: Frame) -> str:
+        arrow = ">>>" if f.direction is Direction.COMMAND else "<<<"
+        line = f"{self._stamp(f)} {arrow} {one_line(f)}"
+        if f.verdict is Verdict.PLAINTEXT:
+            line = line.replace(":PLAINTEXT", ":" + self._c(RED + BOLD, "PLAINTEXT"))
+        elif f.verdict is Verdict.ENCRYPTED:
+            line = line.replace(":ENCRYPTED", ":" + self._c(GREEN + BOLD, "ENCRYPTED"))
+        return line
+
+    def _full(self, f: Frame) -> str:
+        lines = [
+            self._c(
+                DIM,
+                f"[{self._stamp(f)}] #{f.seq} conn {f.conn} {f.channel}"
+                + (f" loc {f.locality}" if f.locality is not None else "")
+                + (f" {f.framing}" if f.framing.value != "raw" else ""),
+            )
+        ]
+        if f.channel is Channel.CTRL:
+            lines += self._ctrl_lines(f)
+        elif f.tpm is not None:
+            lines += self._tpm_lines(f)
+        else:
+            d = ">>> Command" if f.direction is Direction.COMMAND else "<<< Response"
+            lines.append(self._c(BOLD, f"{d} (unframed, {len(f.raw)} bytes)"))
+        if f.error:
+            lines.append(self._c(YELLOW, f"    ! {f.error}"))
+        hl = None
+        if f.tpm is not None and f.tpm.param.offset is not None and f.tpm.param.size:
+            start = f.prefix + f.tpm.param.offset + 2
+            hl = range(start, start + f.tpm.param.size)
+        if f.channel is Channel.CTRL and len(f.raw) > 64:
+            lines.append(self._c(DIM, f"    ({len(f.raw)} bytes, not dumped)"))
+        else:
+            lines += hexdump(f.raw[:DUMP_LIMIT], hl, self.colour)
+        if f.direction is Direction.RESPONSE:
+            lines.append("")
+        return "\n".join(lines)
+
+    def _tpm_lines(self, f: Frame) -> list[str]:
+        t = f.tpm
+        assert t is not None
+        if f.direction is Direction.COMMAND:
+            head = f">>> Command: {t.name} (tag=0x{t.tag:04x} size={t.size})"
+        else:
+            head = f"<<< Response to {t.name}: rc=0x{t.code:08x} (tag=0x{t.tag:04x} size={t.size})"
+        marker = self._marker(f)
+        lines = [self._c(BOLD + CYAN, head) + (" " + marker if marker else "")]
+        if f.direction is Direction.RESPONSE and t.code != 0:
+            lines.append(self._c(YELLOW, f"    rc: {t.rc_text}"))
+        if t.handles:
+            lines.append("    handles: " + " ".join(f"0x{h:08x}" for h in t.handles))
+        cmd = f.direction is Direction.COMMAND
+        for i, s in enumerate(t.sessions):
+            text = session_text(s, command=cmd)
+            style = RED + BOLD if cmd and s.is_password and s.auth else ""
+            lines.append(f"    session[{i}] " + (self._c(style, text) if style else text))
+        p = t.param
+        if p.type_name is not None:
+            size = "" if p.size is None else f" ({p.size} bytes)"
+            word = self._c(VERDICT_STYLE[p.verdict], str(p.verdict))
+            lines.append(f"    first parameter {p.type_name}{size}: {word}")
+        return lines
+
+    def _ctrl_lines(self, f: Frame) -> list[str]:
+        c = f.ctrl
+        if c is None:
+            return [f"ctrl ({len(f.raw)} bytes)"]
+        if f.direction is Direction.COMMAND:
+            head = f">>> Ctrl: CMD_{c.name}"
+        else:
+            res = f" result=0x{c.result:x}" if c.result is not None else ""
+            head = f"<<< Ctrl response to CMD_{c.name}:{res}"
+        fields = ctrl_fields(c)
+        if "blob" in c.fields and isinstance(c.fields["blob"], int):
+            fields += f" ({BLOB_TYPES.get(c.fields['blob'], '?')})"
+        return [self._c(BOLD, head) + (f"  {fields}" if fields else "")]

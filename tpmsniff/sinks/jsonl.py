@@ -1,0 +1,81 @@
+"""JSON Lines: one object per message (schema in docs/jsonl.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TextIO
+
+from ..model import Direction, Frame
+from ..tpm import attrs_text
+from .base import BaseSink
+
+
+def frame_to_dict(f: Frame, file: str | None = None) -> dict:
+    d: dict = {
+        "file": file,
+        "frame": f.seq,
+        "stream": f.conn,
+        "channel": str(f.channel),
+        "direction": str(f.direction),
+        "ts": round(f.ts, 6),
+        "framing": str(f.framing),
+        "size": len(f.raw),
+        "hex": f.raw.hex(),
+    }
+    if f.locality is not None:
+        d["locality"] = f.locality
+    if f.tpm is not None:
+        t = f.tpm
+        d["cc"] = t.cc
+        d["command"] = t.name
+        if f.direction is Direction.RESPONSE:
+            d["rc"] = t.code
+            d["rc_text"] = t.rc_text
+        d["handles"] = [f"0x{h:08x}" for h in t.handles]
+        d["sessions"] = [
+            {
+                "handle": None if s.handle is None else f"0x{s.handle:08x}",
+                "attributes": attrs_text(s.attributes),
+                "password": s.is_password,
+            }
+            for s in t.sessions
+        ]
+        d["param"] = str(t.param.verdict)
+        if t.param.type_name:
+            d["param_type"] = t.param.type_name
+        if t.header_only:
+            d["header_only"] = True
+    elif f.ctrl is not None:
+        d["command"] = f"CMD_{f.ctrl.name}"
+        d["ctrl_cmd"] = f.ctrl.cmd
+        d["fields"] = {k: v for k, v in f.ctrl.fields.items()}
+        if f.ctrl.result is not None:
+            d["rc"] = f.ctrl.result
+        d["param"] = "n/a"
+    else:
+        d["param"] = "n/a"
+    if f.error:
+        d["error"] = f.error
+    return d
+
+
+class JsonlSink(BaseSink):
+    def __init__(self, path: str | None = None, out: TextIO | None = None, file: str | None = None):
+        if out is None:
+            assert path is not None
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            out = os.fdopen(fd, "w", encoding="utf-8")
+            self._own = True
+        else:
+            self._own = False
+        self.out = out
+        self.file = file
+
+    def frame(self, f: Frame) -> None:
+        self.out.write(json.dumps(frame_to_dict(f, self.file), separators=(",", ":")) + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self._own:
+            self.out.close()

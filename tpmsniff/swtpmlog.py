@@ -1,0 +1,79 @@
+"""Parser for swtpm `--log level>=2` hex dumps: the ground truth of what swtpm saw.
+
+Handles `prefix=` on every line, `Ctrl Cmd`/`Ctrl Rsp` (+ `Continued`) blocks, and the
+libtpms debug lines of level >= 5, which are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+_HEAD = re.compile(
+    r"(?P<kind>SWTPM_IO_Read|SWTPM_IO_Write|Ctrl Cmd|Ctrl Rsp Continued|Ctrl Rsp):"
+    r"\s+length\s+(?P<n>\d+)\s*$"
+)
+_HEX = re.compile(r"^(?:[0-9A-F]{2} )*[0-9A-F]{2} ?$")
+
+
+@dataclass(frozen=True, slots=True)
+class LogMessage:
+    kind: str  # "tpm-cmd" | "tpm-rsp" | "ctrl-cmd" | "ctrl-rsp"
+    data: bytes
+    length: int  # the length swtpm announced (ctrl dumps are cut at 1024 bytes)
+    line: int  # 1-based line of the header
+
+    @property
+    def complete(self) -> bool:
+        return len(self.data) == self.length
+
+
+_KINDS = {
+    "SWTPM_IO_Read": "tpm-cmd",
+    "SWTPM_IO_Write": "tpm-rsp",
+    "Ctrl Cmd": "ctrl-cmd",
+    "Ctrl Rsp": "ctrl-rsp",
+}
+
+
+def _strip_prefix(line: str, prefix: str | None) -> str:
+    if prefix and line.startswith(prefix):
+        return line[len(prefix) :]
+    return line
+
+
+def parse_lines(lines: Iterable[str], prefix: str | None = None) -> Iterator[LogMessage]:
+    """Yield every dumped message in log order."""
+    kind = None
+    want = 0
+    buf = bytearray()
+    start = 0
+    for no, raw in enumerate(lines, 1):
+        line = _strip_prefix(raw.rstrip("\n"), prefix)
+        m = _HEAD.search(line)
+        if m:
+            if kind is not None:
+                yield LogMessage(kind, bytes(buf), want, start)
+            k = m.group("kind")
+            if k == "Ctrl Rsp Continued":  # continuation of the previous reply's dump
+                kind = kind or "ctrl-rsp"
+                continue
+            kind, want, start = _KINDS[k], int(m.group("n")), no
+            buf = bytearray()
+            continue
+        if kind is None:
+            continue
+        body = line.strip()
+        if body and _HEX.match(body) and len(buf) < want:
+            buf += bytes.fromhex(body)
+        elif body:  # a libtpms or other line ends the dump
+            yield LogMessage(kind, bytes(buf), want, start)
+            kind = None
+    if kind is not None:
+        yield LogMessage(kind, bytes(buf), want, start)
+
+
+def parse_file(path: str, prefix: str | None = None) -> list[LogMessage]:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return list(parse_lines(fh, prefix))

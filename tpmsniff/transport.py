@@ -1,0 +1,299 @@
+"""Transport: listeners, upstream connections and the relay. The only layer with sockets.
+
+Each accepted client gets exactly one upstream connection. Bytes from the client go
+through the channel state machine (which only decides *when* and *in what pieces* to
+write, never what); bytes from upstream are written to the client as soon as they arrive,
+unsplit. Frames are handed to the pipeline after the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import stat
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from .addresses import Address
+from .channels import MAX_QUEUED_REQUESTS, Event
+from .model import Channel
+from .pipeline import Pipeline
+from .sinks.base import ConnInfo
+
+log = structlog.get_logger("tpmsniff.relay")
+
+
+class StartupError(Exception):
+    """The daemon cannot start: the message is the one line the user sees."""
+
+
+class ChannelMachine(Protocol):
+    channel: Channel
+
+    @property
+    def backlog(self) -> int: ...
+
+    def from_client(self, data: bytes) -> tuple[list[bytes], list[Event]]: ...
+
+    def from_server(self, data: bytes) -> tuple[list[bytes], list[Event]]: ...
+
+    def client_eof(self) -> tuple[list[bytes], list[Event]]: ...
+
+    def server_eof(self) -> list[Event]: ...
+
+
+class ConnCounter:
+    """Connection ids shared by every listener of one daemon (unique in the capture)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def next(self) -> int:
+        self.n += 1
+        return self.n
+
+
+def check_unix_upstream(addr: Address) -> None:
+    """Fail fast if a Unix upstream is not there. No connect: a swtpm with
+    `--ctrl ...,terminate` would exit when the probe connection closed."""
+    try:
+        st = os.stat(addr.path)
+    except OSError as exc:
+        raise StartupError(f"upstream {addr}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"upstream {addr}: not a socket")
+
+
+async def check_upstream(addr: Address, timeout: float = 3.0) -> None:
+    if addr.kind == "unix":
+        check_unix_upstream(addr)
+        return
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(addr.host, addr.port), timeout)
+    except (OSError, TimeoutError) as exc:
+        why = getattr(exc, "strerror", None) or "timed out"
+        raise StartupError(f"upstream {addr}: {why}") from None
+    w.close()
+    with contextlib.suppress(OSError):
+        await w.wait_closed()
+
+
+def prepare_unix_path(path: str) -> None:
+    """Remove a stale socket file; refuse a live socket or anything that is not a socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"listen unix:{path}: exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise StartupError(f"listen unix:{path}: address already in use")
+
+
+class _Upstream(asyncio.Protocol):
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        c = self.client
+        if c.transport is not None and not c.closed:
+            c.transport.write(data)  # forward first, unsplit
+        writes, events = c.sm.from_server(data)
+        for w in writes:
+            self.transport.write(w)  # type: ignore[union-attr]
+        if events:
+            c.relay.pipeline.events(c.conn, time.time(), events)
+        if c.paused and c.sm.backlog < MAX_QUEUED_REQUESTS // 2:
+            c.paused = False
+            c.transport.resume_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.client.transport is not None:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client.transport is not None and not self.client.paused:
+            self.client.transport.resume_reading()
+
+
+class _Client(asyncio.Protocol):
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.sm: ChannelMachine = relay.machine()
+        self.transport: asyncio.Transport | None = None
+        self.up: _Upstream | None = None
+        self.conn = 0
+        self.peer = ""
+        self.closed = False
+        self.paused = False
+        self._finished = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.conn = self.relay.counter.next()
+        peer = transport.get_extra_info("peername")
+        self.peer = (
+            f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{self.relay.listen.path}"
+        )
+        transport.pause_reading()  # until upstream is connected
+        self.relay.clients.add(self)
+        asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        r = self.relay
+        try:
+            _, up = await r.connect_upstream(lambda: _Upstream(self))
+        except OSError as exc:
+            log.warning(
+                "upstream connect failed; closing client",
+                conn=self.conn,
+                upstream=str(r.upstream),
+                error=exc.strerror or str(exc),
+            )
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+            r.clients.discard(self)
+            return
+        if self.closed:
+            up.transport.close()  # type: ignore[union-attr]
+            return
+        self.up = up
+        log.debug("connection", conn=self.conn, channel=str(self.sm.channel), peer=self.peer)
+        r.pipeline.conn_open(
+            ConnInfo(self.conn, self.sm.channel, self.peer, str(r.upstream), time.time())
+        )
+        self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        writes, events = self.sm.from_client(data)
+        ut = self.up.transport  # type: ignore[union-attr]
+        for w in writes:
+            ut.write(w)  # type: ignore[union-attr]
+        if events:
+            self.relay.pipeline.events(self.conn, time.time(), events)
+        if self.sm.backlog >= MAX_QUEUED_REQUESTS and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        return False  # half-close is not used by any client: treat as full close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.up is not None and self.up.transport is not None:
+            writes, events = self.sm.client_eof()
+            for w in writes:
+                self.up.transport.write(w)
+            if events:
+                self.relay.pipeline.events(self.conn, time.time(), events)
+            self.up.transport.close()
+        self._finish()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        events = self.sm.server_eof()
+        if events:
+            self.relay.pipeline.events(self.conn, time.time(), events)
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self._finish()
+
+    def pause_writing(self) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.resume_reading()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.relay.clients.discard(self)
+        if self.up is not None:
+            self.relay.pipeline.conn_close(self.conn, time.time())
+
+
+class Relay:
+    """One listening endpoint relayed to one upstream endpoint."""
+
+    def __init__(
+        self,
+        listen: Address,
+        upstream: Address,
+        machine: Callable[[], ChannelMachine],
+        pipeline: Pipeline,
+        counter: ConnCounter,
+        *,
+        listen_mode: int | None = None,
+    ) -> None:
+        self.listen = listen
+        self.upstream = upstream
+        self.machine = machine
+        self.pipeline = pipeline
+        self.counter = counter
+        self.listen_mode = listen_mode
+        self.clients: set[_Client] = set()
+        self.server: asyncio.Server | None = None
+
+    async def connect_upstream(self, factory: Callable[[], asyncio.Protocol]):
+        loop = asyncio.get_running_loop()
+        if self.upstream.kind == "unix":
+            return await loop.create_unix_connection(factory, self.upstream.path)
+        return await loop.create_connection(factory, self.upstream.host, self.upstream.port)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.listen.kind == "unix":
+                prepare_unix_path(self.listen.path)
+                self.server = await loop.create_unix_server(lambda: _Client(self), self.listen.path)
+                if self.listen_mode is not None:
+                    os.chmod(self.listen.path, self.listen_mode)
+            else:
+                self.server = await loop.create_server(
+                    lambda: _Client(self), self.listen.host, self.listen.port, reuse_address=True
+                )
+        except OSError as exc:
+            why = (
+                "address already in use"
+                if exc.errno == errno.EADDRINUSE
+                else (exc.strerror or str(exc))
+            )
+            raise StartupError(f"listen {self.listen}: {why}") from None
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            if self.listen.kind == "unix":
+                with contextlib.suppress(OSError):
+                    os.unlink(self.listen.path)
+
+    def close_all(self) -> None:
+        for c in list(self.clients):
+            if c.transport is not None:
+                c.transport.close()
