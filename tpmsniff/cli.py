@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 
@@ -25,6 +26,7 @@ from .sinks.console import ConsoleSink
 from .sinks.jsonl import JsonlSink
 from .sinks.pcapng import PcapngSink
 from .transport import ConnCounter, Relay, StartupError, check_unix_upstream, check_upstream
+from .worker import WorkerPipeline
 
 EXIT_OK, EXIT_USAGE, EXIT_STARTUP = 0, 2, 3
 log = structlog.get_logger("tpmsniff")
@@ -106,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OCTAL",
         help="permissions of Unix listen sockets, e.g. 0660",
     )
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="decode and write outputs in the relay process (default: a worker process, "
+        "so the relay never waits on them)",
+    )
     return p
 
 
@@ -140,26 +148,40 @@ async def _companion(
     return lc, uc
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail at start (exit 3) if an output file cannot be created, before forking."""
+    for path in (args.pcap, args.jsonl):
+        if path:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise StartupError(f"capture {path}: {exc.strerror}") from None
+            os.close(fd)
+
+
 def make_sinks(args: argparse.Namespace) -> list[Sink]:
     sinks: list[Sink] = []
     if args.console != "none":
         sinks.append(ConsoleSink(args.console))
-    try:
-        if args.pcap:
-            sinks.append(PcapngSink(args.pcap))
-        if args.jsonl:
-            sinks.append(JsonlSink(args.jsonl))
-    except OSError as exc:
-        raise StartupError(f"capture {exc.filename}: {exc.strerror}") from None
+    if args.pcap:
+        sinks.append(PcapngSink(args.pcap))
+    if args.jsonl:
+        sinks.append(JsonlSink(args.jsonl))
     return sinks
 
 
-async def serve(args: argparse.Namespace) -> int:
+def make_pipeline(args: argparse.Namespace) -> Pipeline | WorkerPipeline:
+    """Decoding and sinks run in a worker process unless --in-process is given."""
+    if args.in_process:
+        return Pipeline(make_sinks(args))
+    return WorkerPipeline(lambda: Pipeline(make_sinks(args), deferred=False))
+
+
+async def serve(args: argparse.Namespace, pipeline: Pipeline | WorkerPipeline) -> int:
     listen = _addr(args.listen, "--listen")
     upstream = _addr(args.upstream, "--upstream")
     await check_upstream(upstream)
     companion = await _companion(args, listen, upstream)
-    pipeline = Pipeline(make_sinks(args))
     counter = ConnCounter()
     relays = [
         Relay(
@@ -188,7 +210,6 @@ async def serve(args: argparse.Namespace) -> int:
     except StartupError:
         for r in relays:
             r.stop_accepting()
-        pipeline.close()
         raise
     log.info(
         "ready",
@@ -213,24 +234,41 @@ async def serve(args: argparse.Namespace) -> int:
     for r in relays:
         r.close_all()
     await asyncio.sleep(0)
-    pipeline.close()
-    log.info("stopped", frames=pipeline.frames_seen)
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.log_format, args.log_level)
+    pipeline = None
+    sink_code = 0
     try:
-        return asyncio.run(serve(args))
+        check_outputs(args)
+        pipeline = make_pipeline(args)  # forks the worker: before any event loop exists
+        code = run_loop(serve(args, pipeline))
     except StartupError as exc:
         print(f"tpmsniff: error: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
+        code = EXIT_STARTUP
     except KeyboardInterrupt:
-        return EXIT_OK
+        code = EXIT_OK
     finally:
+        if pipeline is not None:
+            sink_code = pipeline.close()
         with contextlib.suppress(Exception):
             sys.stdout.flush()
+    if code == EXIT_OK:
+        code = sink_code
+        log.info("stopped", exit_code=code)
+    return code
+
+
+def run_loop(coro) -> int:
+    """uvloop when installed (it roughly halves the relay's own overhead), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 if __name__ == "__main__":

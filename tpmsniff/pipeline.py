@@ -26,11 +26,12 @@ class Pipeline:
         self,
         sinks: Iterable[Sink] = (),
         annotator: Annotator | None = None,
-        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        deferred: bool = True,
     ) -> None:
         self.sinks: list[Sink] = list(sinks)
         self.annotator = annotator or Annotator()
-        self._loop = loop
+        self._deferred = deferred  # False: process at once (worker process, offline)
         self._todo: deque[tuple] = deque()
         self._scheduled = False
         self._broken: set[int] = set()
@@ -52,10 +53,11 @@ class Pipeline:
 
     def _push(self, item: tuple) -> None:
         self._todo.append(item)
-        if not self._scheduled:
+        if not self._deferred:
+            self.drain()
+        elif not self._scheduled:
             self._scheduled = True
-            loop = self._loop or asyncio.get_running_loop()
-            loop.call_soon(self.drain)
+            asyncio.get_running_loop().call_soon(self.drain)
 
     # -- the deferred part ----------------------------------------------------
     def drain(self) -> None:
@@ -95,6 +97,16 @@ class Pipeline:
                     self._broken.add(i)
                     log.error("sink failed", sink=type(sink).__name__, error=repr(exc))
 
-    def close(self) -> None:
+    def control(self, what: str) -> None:
+        """Pass an out-of-band request (e.g. "reopen" on SIGHUP) to every sink."""
+        self.drain()
+        self._each(lambda s: s.control(what))
+
+    def exit_code(self) -> int:
+        """Non-zero if a sink or check says the run failed (e.g. a live secret check)."""
+        return max((getattr(s, "exit_code", 0) for s in self.sinks), default=0)
+
+    def close(self) -> int:
         self.drain()
         self._each(lambda s: s.close())
+        return self.exit_code()

@@ -122,7 +122,8 @@ class _Upstream(asyncio.Protocol):
             c.relay.pipeline.events(c.conn, time.time(), events)
         if c.paused and c.sm.backlog < MAX_QUEUED_REQUESTS // 2:
             c.paused = False
-            c.transport.resume_reading()  # type: ignore[union-attr]
+            if not getattr(c.relay.pipeline, "congested", False):
+                c.transport.resume_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         return False
@@ -150,6 +151,7 @@ class _Client(asyncio.Protocol):
         self.closed = False
         self.paused = False
         self._finished = False
+        self._early: list[bytes] = []  # bytes that arrived before the upstream connected
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -178,17 +180,24 @@ class _Client(asyncio.Protocol):
                 self.transport.close()
             r.clients.discard(self)
             return
-        if self.closed:
-            up.transport.close()  # type: ignore[union-attr]
-            return
         self.up = up
         log.debug("connection", conn=self.conn, channel=str(self.sm.channel), peer=self.peer)
         r.pipeline.conn_open(
             ConnInfo(self.conn, self.sm.channel, self.peer, str(r.upstream), time.time())
         )
-        self.transport.resume_reading()  # type: ignore[union-attr]
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
+        if self.closed:  # the client left before the upstream was up: pass its EOF on
+            self.connection_lost(None)
+            return
+        if not getattr(r.pipeline, "congested", False):
+            self.transport.resume_reading()  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
+        if self.up is None:  # reading is paused, but one read may already be in flight
+            self._early.append(data)
+            return
         writes, events = self.sm.from_client(data)
         ut = self.up.transport  # type: ignore[union-attr]
         for w in writes:
@@ -204,7 +213,9 @@ class _Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.up is not None and self.up.transport is not None:
+        if self.up is None:
+            return  # _connect finishes the job (or the upstream never came)
+        if self.up.transport is not None:
             writes, events = self.sm.client_eof()
             for w in writes:
                 self.up.transport.write(w)
@@ -259,6 +270,18 @@ class Relay:
         self.listen_mode = listen_mode
         self.clients: set[_Client] = set()
         self.server: asyncio.Server | None = None
+        if hasattr(pipeline, "pressure_listeners"):
+            pipeline.pressure_listeners.append(self._pressure)
+
+    def _pressure(self, congested: bool) -> None:
+        """Worker backpressure: stop reading clients while the capture queue is full."""
+        for c in self.clients:
+            if c.transport is None or c.up is None or c.closed:
+                continue
+            if congested:
+                c.transport.pause_reading()
+            elif not c.paused:
+                c.transport.resume_reading()
 
     async def connect_upstream(self, factory: Callable[[], asyncio.Protocol]):
         loop = asyncio.get_running_loop()

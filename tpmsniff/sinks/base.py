@@ -26,6 +26,8 @@ class Sink(Protocol):
 
     def conn_close(self, conn: int, ts: float) -> None: ...
 
+    def control(self, what: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -39,6 +41,9 @@ class BaseSink:
         pass
 
     def conn_close(self, conn: int, ts: float) -> None:
+        pass
+
+    def control(self, what: str) -> None:
         pass
 
     def close(self) -> None:
