@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="permissions of Unix listen sockets, e.g. 0660",
     )
     p.add_argument(
+        "--mode",
+        choices=("auto", "qemu", "swtpm"),
+        default="auto",
+        help="what connects to --listen: auto (detect per connection, default), qemu "
+        "(QEMU -tpmdev emulator control channel; --upstream is swtpm's --ctrl socket) or "
+        "swtpm (TPM data channel; --upstream is swtpm's --server socket)",
+    )
+    p.add_argument(
         "--in-process",
         action="store_true",
         help="decode and write outputs in the relay process (default: a worker process, "
@@ -190,6 +198,7 @@ async def serve(args: argparse.Namespace, pipeline: Pipeline | WorkerPipeline) -
             lambda: DataChannel(args.max_message),
             pipeline,
             counter,
+            role={"auto": "auto", "qemu": "qemu", "swtpm": "data"}[args.mode],
             listen_mode=args.listen_mode,
         )
     ]
@@ -201,6 +210,7 @@ async def serve(args: argparse.Namespace, pipeline: Pipeline | WorkerPipeline) -
                 CtrlChannel,
                 pipeline,
                 counter,
+                role="ctrl",
                 listen_mode=args.listen_mode,
             )
         )
@@ -224,11 +234,11 @@ async def serve(args: argparse.Namespace, pipeline: Pipeline | WorkerPipeline) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping", clients=sum(len(r.clients) for r in relays))
+    log.info("stopping", busy=any(r.busy for r in relays))
     for r in relays:
         r.stop_accepting()
     for _ in range(40):  # let in-flight request/response pairs finish (<= 2 s)
-        if not any(r.clients for r in relays):
+        if not any(r.busy for r in relays):
             break
         await asyncio.sleep(0.05)
     for r in relays:

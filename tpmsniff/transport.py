@@ -15,8 +15,8 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import structlog
 
@@ -140,10 +140,23 @@ class _Upstream(asyncio.Protocol):
             self.client.transport.resume_reading()
 
 
+Connector = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.BaseTransport, Any]]]
+
+
 class _Client(asyncio.Protocol):
-    def __init__(self, relay: Relay) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        machine: ChannelMachine | None = None,
+        connect: Connector | None = None,
+        peer: str | None = None,
+        upstream: str | None = None,
+    ) -> None:
         self.relay = relay
-        self.sm: ChannelMachine = relay.machine()
+        self.sm: ChannelMachine = machine or relay.machine()
+        self._connector = connect or relay.connect_upstream
+        self._peer_text = peer
+        self.upstream_text = upstream or str(relay.upstream)
         self.transport: asyncio.Transport | None = None
         self.up: _Upstream | None = None
         self.conn = 0
@@ -157,9 +170,12 @@ class _Client(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.conn = self.relay.counter.next()
         peer = transport.get_extra_info("peername")
-        self.peer = (
-            f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{self.relay.listen.path}"
-        )
+        if self._peer_text:
+            self.peer = self._peer_text
+        elif isinstance(peer, tuple):
+            self.peer = f"{peer[0]}:{peer[1]}"
+        else:
+            self.peer = f"unix:{self.relay.listen.path}"
         transport.pause_reading()  # until upstream is connected
         self.relay.clients.add(self)
         asyncio.get_running_loop().create_task(self._connect())
@@ -167,12 +183,12 @@ class _Client(asyncio.Protocol):
     async def _connect(self) -> None:
         r = self.relay
         try:
-            _, up = await r.connect_upstream(lambda: _Upstream(self))
+            _, up = await self._connector(lambda: _Upstream(self))
         except OSError as exc:
             log.warning(
                 "upstream connect failed; closing client",
                 conn=self.conn,
-                upstream=str(r.upstream),
+                upstream=self.upstream_text,
                 error=exc.strerror or str(exc),
             )
             self.closed = True
@@ -183,7 +199,7 @@ class _Client(asyncio.Protocol):
         self.up = up
         log.debug("connection", conn=self.conn, channel=str(self.sm.channel), peer=self.peer)
         r.pipeline.conn_open(
-            ConnInfo(self.conn, self.sm.channel, self.peer, str(r.upstream), time.time())
+            ConnInfo(self.conn, self.sm.channel, self.peer, self.upstream_text, time.time())
         )
         early, self._early = self._early, []
         for data in early:
@@ -250,7 +266,12 @@ class _Client(asyncio.Protocol):
 
 
 class Relay:
-    """One listening endpoint relayed to one upstream endpoint."""
+    """One listening endpoint relayed to one upstream endpoint.
+
+    `role` is "data" (TPM data channel), "ctrl" (swtpm control channel), "qemu" (QEMU's
+    control channel, with CMD_SET_DATAFD fd substitution) or "auto": each connection's
+    role is then detected from its first read (see `roles.detect_role`).
+    """
 
     def __init__(
         self,
@@ -260,6 +281,7 @@ class Relay:
         pipeline: Pipeline,
         counter: ConnCounter,
         *,
+        role: str = "data",
         listen_mode: int | None = None,
     ) -> None:
         self.listen = listen
@@ -267,9 +289,14 @@ class Relay:
         self.machine = machine
         self.pipeline = pipeline
         self.counter = counter
+        self.role = role
         self.listen_mode = listen_mode
         self.clients: set[_Client] = set()
+        self.sessions: set[Any] = set()  # QEMU control sessions
         self.server: asyncio.Server | None = None
+        self._lsock: socket.socket | None = None
+        self._accepting: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
         if hasattr(pipeline, "pressure_listeners"):
             pipeline.pressure_listeners.append(self._pressure)
 
@@ -283,6 +310,10 @@ class Relay:
             elif not c.paused:
                 c.transport.resume_reading()
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.clients or self.sessions)
+
     async def connect_upstream(self, factory: Callable[[], asyncio.Protocol]):
         loop = asyncio.get_running_loop()
         if self.upstream.kind == "unix":
@@ -294,13 +325,17 @@ class Relay:
         try:
             if self.listen.kind == "unix":
                 prepare_unix_path(self.listen.path)
+            if self.role in ("auto", "qemu"):
+                self._lsock = self._listen_socket()
+                self._accepting = loop.create_task(self._accept_loop(self._lsock))
+            elif self.listen.kind == "unix":
                 self.server = await loop.create_unix_server(lambda: _Client(self), self.listen.path)
-                if self.listen_mode is not None:
-                    os.chmod(self.listen.path, self.listen_mode)
             else:
                 self.server = await loop.create_server(
                     lambda: _Client(self), self.listen.host, self.listen.port, reuse_address=True
                 )
+            if self.listen.kind == "unix" and self.listen_mode is not None:
+                os.chmod(self.listen.path, self.listen_mode)
         except OSError as exc:
             why = (
                 "address already in use"
@@ -309,14 +344,83 @@ class Relay:
             )
             raise StartupError(f"listen {self.listen}: {why}") from None
 
+    def _listen_socket(self) -> socket.socket:
+        if self.listen.kind == "unix":
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(self.listen.path)
+        else:
+            fam = socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((self.listen.host, self.listen.port))
+            except OSError:
+                s.close()
+                raise
+        s.listen(64)
+        s.setblocking(False)
+        return s
+
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(lsock)
+            except (OSError, asyncio.CancelledError):
+                return
+            sock.setblocking(False)
+            task = loop.create_task(self._detect(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _detect(self, sock: socket.socket) -> None:
+        """Read the first chunk (with any fds) and hand the connection to its role."""
+        from .qemu import QemuCtrlSession, recv_with_fds
+        from .roles import detect_role
+
+        try:
+            data, fds = await recv_with_fds(sock)
+        except OSError as exc:
+            log.warning("client read failed", error=exc.strerror or str(exc))
+            sock.close()
+            return
+        if not data:
+            sock.close()
+            return
+        role = detect_role(data, fds, self.role, sock.family == socket.AF_UNIX)
+        if role == "qemu":
+            session = QemuCtrlSession(self, sock, data, fds)
+            self.sessions.add(session)
+            await session.run()
+            self.sessions.discard(session)
+            return
+        for fd in fds:
+            os.close(fd)
+        if role == "ctrl":
+            from .channels import CtrlChannel
+
+            machine: ChannelMachine = CtrlChannel()
+        else:
+            machine = self.machine()
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.connect_accepted_socket(lambda: _Client(self, machine), sock)
+        proto.data_received(data)  # buffered until the upstream is connected
+
     def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
-            if self.listen.kind == "unix":
-                with contextlib.suppress(OSError):
-                    os.unlink(self.listen.path)
+        if self._accepting is not None:
+            self._accepting.cancel()
+        if self._lsock is not None:
+            self._lsock.close()
+            self._lsock = None
+        if (self.server is not None or self._accepting is not None) and self.listen.kind == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(self.listen.path)
 
     def close_all(self) -> None:
         for c in list(self.clients):
             if c.transport is not None:
                 c.transport.close()
+        for s in list(self.sessions):
+            s.close()

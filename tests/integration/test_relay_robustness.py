@@ -147,6 +147,7 @@ def test_upstream_gone_closes_client_daemon_survives(tmp_path):
         sw.stop()
         with connect(sniff.listen) as s:
             s.settimeout(5)
+            s.sendall(GETRANDOM)
             assert s.recv(10) == b""  # closed by tpmsniff
         wait_for(lambda: "upstream connect failed" in sniff.stderr.read_text(), 5, "log event")
         assert sniff.proc.poll() is None

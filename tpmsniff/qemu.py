@@ -1,0 +1,223 @@
+"""QEMU `-tpmdev emulator` control channel with CMD_SET_DATAFD fd substitution.
+
+QEMU never sends TPM commands on its control socket: it hands swtpm one end of a
+socketpair with CMD_SET_DATAFD over SCM_RIGHTS (wire-protocols §4, §5). To see the TPM
+traffic tpmsniff keeps QEMU's fd, gives swtpm one end of its own socketpair with the same
+4 bytes in one sendmsg, and relays between the two through the ordinary data relay.
+Every read from QEMU uses recvmsg with room for fds, so none is ever dropped.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+
+from .channels import CtrlChannel, DataChannel
+from .model import Channel, Direction
+from .roles import SET_DATAFD
+from .sinks.base import ConnInfo
+
+if TYPE_CHECKING:
+    from .transport import Relay, _Client
+
+log = structlog.get_logger("tpmsniff.qemu")
+MAX_FDS = 4
+
+
+async def wait_fd(fd: int, write: bool = False) -> None:
+    """Wait until fd is readable (or writable): for recvmsg/sendmsg, which asyncio lacks."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    (loop.add_writer if write else loop.add_reader)(fd, ready)
+    try:
+        await fut
+    finally:
+        (loop.remove_writer if write else loop.remove_reader)(fd)
+
+
+async def recv_with_fds(sock: socket.socket, n: int = 65536) -> tuple[bytes, list[int]]:
+    """recvmsg on a non-blocking socket, returning data and any SCM_RIGHTS fds."""
+    while True:
+        try:
+            if sock.family != socket.AF_UNIX:
+                return sock.recv(n), []
+            data, anc, flags, _ = sock.recvmsg(
+                n, socket.CMSG_SPACE(MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+            )
+            break
+        except BlockingIOError:
+            await wait_fd(sock.fileno())
+    fds = array.array("i")
+    for level, kind, cdata in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+    if flags & socket.MSG_CTRUNC:
+        log.warning("control message truncated: an fd was dropped by the kernel")
+    return data, list(fds)
+
+
+class QemuCtrlSession:
+    """One QEMU control connection, its upstream swtpm control connection and data bridge."""
+
+    def __init__(self, relay: Relay, csock: socket.socket, first: bytes, fds: list[int]) -> None:
+        self.relay = relay
+        self.csock = csock
+        self.first = first
+        self.first_fds = fds
+        self.usock: socket.socket | None = None
+        self.sm = CtrlChannel()
+        self.conn = relay.counter.next()
+        self.bridge: _Client | None = None
+        self._closed = False
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        up = self.relay.upstream
+        try:
+            if up.kind == "unix":
+                usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                usock.setblocking(False)
+                await loop.sock_connect(usock, up.path)
+            else:
+                usock = socket.socket(socket.AF_INET6 if ":" in up.host else socket.AF_INET)
+                usock.setblocking(False)
+                await loop.sock_connect(usock, (up.host, up.port))
+        except OSError as exc:
+            log.warning(
+                "upstream connect failed; closing client",
+                conn=self.conn,
+                upstream=str(up),
+                error=exc.strerror or str(exc),
+            )
+            for fd in self.first_fds:
+                os.close(fd)
+            self.csock.close()
+            return
+        self.usock = usock
+        p = self.relay.pipeline
+        p.conn_open(ConnInfo(self.conn, Channel.CTRL, "qemu-ctrl", str(up), time.time()))
+        log.info("qemu control channel", conn=self.conn)
+        down = loop.create_task(self._from_swtpm())
+        try:
+            await self._from_client(self.first, self.first_fds)
+            while not self._closed:
+                try:
+                    data, fds = await recv_with_fds(self.csock)
+                except OSError:
+                    break
+                if not data:
+                    break
+                await self._from_client(data, fds)
+        finally:
+            writes, events = self.sm.client_eof()
+            for w in writes:
+                with contextlib.suppress(OSError):
+                    await loop.sock_sendall(usock, w)
+            p.events(self.conn, time.time(), events)
+            self.close()
+            down.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await down
+            p.conn_close(self.conn, time.time(), self.sm.server_eof())
+            usock.close()
+            self.csock.close()
+            log.info("qemu control channel closed", conn=self.conn)
+
+    async def _from_client(self, data: bytes, fds: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        ts = time.time()
+        writes, events = self.sm.from_client(data)
+        for w in writes:
+            if w == SET_DATAFD and fds:
+                await self._set_datafd(fds.pop(0))
+            else:
+                await loop.sock_sendall(self.usock, w)
+        for fd in fds:
+            log.warning("closing unexpected fd from QEMU", conn=self.conn)
+            os.close(fd)
+        self.relay.pipeline.events(self.conn, ts, events)
+
+    async def _set_datafd(self, qfd: int) -> None:
+        """Give swtpm our own socketpair end; bridge QEMU's fd to the other end."""
+        loop = asyncio.get_running_loop()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        qsock = socket.socket(fileno=qfd)
+        try:
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))]
+            while True:
+                try:
+                    self.usock.sendmsg([SET_DATAFD], anc)  # bytes and fd in one call
+                    break
+                except BlockingIOError:
+                    await wait_fd(self.usock.fileno(), write=True)
+        finally:
+            theirs.close()  # swtpm's exit now gives EOF on `mine`; closing `mine` a HUP
+        if self.bridge is not None and self.bridge.transport is not None:
+            self.bridge.transport.close()  # a second SET_DATAFD replaces the first
+        mine.setblocking(False)
+        qsock.setblocking(False)
+        from .transport import _Client
+
+        async def connect_mine(factory):
+            return await loop.connect_accepted_socket(factory, mine)
+
+        _, self.bridge = await loop.connect_accepted_socket(
+            lambda: _Client(
+                self.relay,
+                DataChannel(),
+                connect_mine,
+                peer=f"qemu-data (ctrl conn {self.conn})",
+                upstream="swtpm data fd",
+            ),
+            qsock,
+        )
+
+    async def _from_swtpm(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                data = await loop.sock_recv(self.usock, 65536)
+                if not data:
+                    break
+                await loop.sock_sendall(self.csock, data)  # forward first, unsplit
+                _, events = self.sm.from_server(data)
+                self.relay.pipeline.events(self.conn, time.time(), events)
+                for ev in events:
+                    if (
+                        ev.ctrl_cmd == 0x10
+                        and ev.direction is Direction.RESPONSE
+                        and ev.message.raw[:4] != b"\0\0\0\0"
+                        and self.bridge is not None
+                    ):
+                        log.warning("swtpm refused the data fd", conn=self.conn)
+                        if self.bridge.transport is not None:
+                            self.bridge.transport.close()
+        except OSError:
+            pass
+        # swtpm closed its control side (e.g. after CMD_SHUTDOWN): close QEMU's
+        with contextlib.suppress(OSError):
+            self.csock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """QEMU's control channel ended: close upstream control and the data bridge."""
+        if self._closed:
+            return
+        self._closed = True
+        for sock in (self.usock, self.csock):  # wakes pending reads; run() closes them
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        if self.bridge is not None and self.bridge.transport is not None:
+            self.bridge.transport.close()
