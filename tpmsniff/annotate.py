@@ -11,13 +11,15 @@ from collections import deque
 from . import ctrl
 from .channels import Event
 from .model import Channel, Direction, Frame, Framing, TpmInfo
+from .sessions import SessionTracker
 from .tpm import decode_command, decode_response
 
 _SET_LOCALITY = 0x05
 
 
 class Annotator:
-    def __init__(self) -> None:
+    def __init__(self, auth: dict[int, bytes] | None = None) -> None:
+        self.sessions = SessionTracker(auth)
         self._seq = 0
         self._commands: dict[int, deque[TpmInfo | None]] = {}
         self._ctrl_locality: dict[int, int] = {}  # conn -> requested locality
@@ -27,11 +29,12 @@ class Annotator:
         self._commands.pop(conn, None)
         self._ctrl_locality.pop(conn, None)
 
-    def annotate(self, conn: int, ts: float, ev: Event) -> Frame:
+    def annotate(self, conn: int, ts: float, ev: Event, number: int | None = None) -> Frame:
+        """`number`: the input's own frame number (offline), else a running count."""
         self._seq += 1
         m = ev.message
         base = dict(
-            seq=self._seq,
+            seq=self._seq if number is None else number,
             conn=conn,
             channel=ev.channel,
             direction=ev.direction,
@@ -51,9 +54,13 @@ class Annotator:
             if m.locality is not None:
                 self.locality = m.locality  # MS-sim locality persists in swtpm
             info, err = decode_command(body)
+            if not info.header_only:
+                info = self.sessions.on_command(conn, info, body)
             self._commands.setdefault(conn, deque()).append(info)
             return Frame(**base, locality=self.locality, tpm=info, error=err)
         info, err = decode_response(body, self._pop(conn))
+        if not info.header_only:
+            info = self.sessions.on_response(conn, info, body)
         return Frame(**base, locality=self.locality, tpm=info, error=err)
 
     def _pop(self, conn: int) -> TpmInfo | None:

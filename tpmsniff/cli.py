@@ -12,16 +12,20 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 import structlog
 
-from . import __version__
+from . import __version__, checkcmd
 from .addresses import Address, AddressError, parse_address
+from .annotate import Annotator
 from .channels import CtrlChannel, DataChannel
+from .checkcmd import add_secret_args, build_checker
 from .framing import DEFAULT_MAX_MESSAGE
 from .logs import configure
 from .pipeline import Pipeline
 from .sinks.base import Sink
+from .sinks.checksink import CheckSink
 from .sinks.console import ConsoleSink
 from .sinks.jsonl import JsonlSink
 from .sinks.pcapng import PcapngSink
@@ -37,7 +41,9 @@ swtpm, unchanged, while decoding every TPM 2.0 command and response.
 
 ADDR is PATH or unix:PATH (Unix stream socket), or tcp:HOST:PORT or HOST:PORT (TCP).
 The swtpm TCTI opens its control channel at PORT+1 or PATH.ctrl; tpmsniff listens there
-too and relays to the upstream's companion when that exists at start-up."""
+too and relays to the upstream's companion when that exists at start-up.
+
+Offline: `tpmsniff check INPUT... --secret ...` (see `tpmsniff check --help`)."""
 
 EPILOG = """\
 examples:
@@ -48,6 +54,7 @@ examples:
 
 exit codes:
   0  stopped cleanly (SIGTERM/SIGINT)
+  1  stopped cleanly, but a live check (--secret, --require-encrypted) found a violation
   2  usage error
   3  cannot start: listen address in use or not a socket, upstream unreachable,
      capture file not writable"""
@@ -116,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(QEMU -tpmdev emulator control channel; --upstream is swtpm's --ctrl socket) or "
         "swtpm (TPM data channel; --upstream is swtpm's --server socket)",
     )
+    add_secret_args(p)
     p.add_argument(
         "--in-process",
         action="store_true",
@@ -169,23 +177,38 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def make_sinks(args: argparse.Namespace) -> list[Sink]:
     sinks: list[Sink] = []
+    console = None
     if args.console != "none":
-        sinks.append(ConsoleSink(args.console))
+        console = ConsoleSink(args.console)
+        sinks.append(console)
     if args.pcap:
         sinks.append(PcapngSink(args.pcap))
     if args.jsonl:
         sinks.append(JsonlSink(args.jsonl))
+    if args.secret or args.secret_hex or args.secret_file or args.require_encrypted:
+        checker, _ = build_checker(args)
+        sinks.append(CheckSink(checker, console))
     return sinks
 
 
 def make_pipeline(args: argparse.Namespace) -> Pipeline | WorkerPipeline:
     """Decoding and sinks run in a worker process unless --in-process is given."""
+    try:
+        _, auth = build_checker(args)  # validate --secret*/--auth before forking
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
     if args.in_process:
-        return Pipeline(make_sinks(args))
-    return WorkerPipeline(lambda: Pipeline(make_sinks(args), deferred=False))
+        return Pipeline(make_sinks(args), Annotator(auth))
+    return WorkerPipeline(lambda: Pipeline(make_sinks(args), Annotator(auth), deferred=False))
 
 
-async def serve(args: argparse.Namespace, pipeline: Pipeline | WorkerPipeline) -> int:
+async def serve(
+    args: argparse.Namespace,
+    pipeline: Pipeline | WorkerPipeline,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[list[Relay]], None] | None = None,
+) -> int:
+    """Run the relays until SIGTERM/SIGINT (or `stop` is set, for in-process use)."""
     listen = _addr(args.listen, "--listen")
     upstream = _addr(args.upstream, "--upstream")
     await check_upstream(upstream)
@@ -229,10 +252,13 @@ async def serve(args: argparse.Namespace, pipeline: Pipeline | WorkerPipeline) -
         pcap=args.pcap,
         version=__version__,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(relays)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping", busy=any(r.busy for r in relays))
     for r in relays:
@@ -248,6 +274,10 @@ async def serve(args: argparse.Namespace, pipeline: Pipeline | WorkerPipeline) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "check":
+        configure("console", "warning")
+        return checkcmd.main(argv[1:])
     args = build_parser().parse_args(argv)
     configure(args.log_format, args.log_level)
     pipeline = None

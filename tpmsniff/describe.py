@@ -16,6 +16,8 @@ def session_text(s: Session, *, command: bool) -> str:
     else:
         who = f"0x{s.handle:08x}"
     text = f"{who}:{attrs_text(s.attributes)}"
+    if s.facts is not None and not s.is_password:
+        text += f" ({s.facts.text()})"
     if command and s.is_password:
         text += f" authValue({len(s.auth)}B) IN CLEAR" if s.auth else " empty-auth"
     return text
@@ -26,7 +28,10 @@ def param_text(f: Frame) -> str:
     if p is None or p.type_name is None:
         return f"param={Verdict.NA}"
     size = "" if p.size is None else f"({p.size}B)"
-    return f"param={p.type_name}{size}:{p.verdict}"
+    text = f"param={p.type_name}{size}:{p.word}"
+    if p.recovered is not None:
+        text += f" recovered={p.recovered[:64].hex()}"
+    return text
 
 
 def ctrl_fields(info: CtrlInfo) -> str:

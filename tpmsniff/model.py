@@ -30,9 +30,41 @@ class Framing(StrEnum):
 class Verdict(StrEnum):
     """Parameter-encryption verdict vocabulary (see docs/verdicts.md)."""
 
-    ENCRYPTED = "ENCRYPTED"
-    PLAINTEXT = "PLAINTEXT"
-    NA = "n/a"
+    ENCRYPTED = "ENCRYPTED"  # by a salted or bound session (or XOR): see Param.strength
+    WEAK = "WEAK"  # encrypted by an unsalted, unbound session: key from wire data + authValue
+    PLAINTEXT = "PLAINTEXT"  # encryptable, non-empty, and not encrypted
+    UNKNOWN = "UNKNOWN"  # encrypted by a session whose start tpmsniff did not see
+    NA = "n/a"  # nothing to protect
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFacts:
+    """What tpmsniff knows of a session from its StartAuthSession (see sessions.py)."""
+
+    handle: int
+    type: str  # "hmac" | "policy" | "trial" | "password" | "unknown"
+    salted: bool | None = None
+    bound: bool | None = None
+    symmetric: str = "?"  # "AES-128-CFB", "XOR-SHA256", "NULL", "?"
+    auth_hash: str = "?"
+    origin: str = "observed"  # "observed" | "unknown" (first seen mid-stream)
+    salt_key: str | None = None  # provenance of tpmKey, when salted
+    tpm_key: int | None = None
+    bind: int | None = None
+
+    def text(self) -> str:
+        if self.type == "password":
+            return "password"
+        if self.origin == "unknown":
+            return f"{self.type} unknown-origin"
+        how = []
+        if self.salted:
+            how.append(f"salted({self.salt_key or hex(self.tpm_key or 0)})")
+        if self.bound:
+            how.append(f"bound(0x{self.bind or 0:08x})")
+        if not how:
+            how.append("unsalted+unbound")
+        return f"{self.type} {'+'.join(how)} {self.symmetric} {self.auth_hash}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +75,7 @@ class Session:
     attributes: int
     nonce: bytes
     auth: bytes  # command: HMAC or (password sessions) the authValue; response: ack
+    facts: SessionFacts | None = None
 
     @property
     def is_password(self) -> bool:
@@ -57,6 +90,16 @@ class Param:
     type_name: str | None = None  # e.g. "TPM2B_SENSITIVE_CREATE"
     offset: int | None = None  # offset of the TPM2B size field within the TPM message
     size: int | None = None  # TPM2B buffer size (excluding its 2-byte size field)
+    strength: str | None = None  # ENCRYPTED/WEAK: e.g. "salted AES-128-CFB", "XOR obfuscation"
+    session: int | None = None  # handle of the session that encrypted it
+    recovered: bytes | None = None  # WEAK: the plaintext tpmsniff decrypted
+
+    @property
+    def word(self) -> str:
+        """The verdict with its strength, as shown in comments and on the console."""
+        if self.strength and self.verdict in (Verdict.ENCRYPTED, Verdict.WEAK):
+            return f"{self.verdict}({self.strength})"
+        return str(self.verdict)
 
 
 NO_PARAM = Param(Verdict.NA)
@@ -76,6 +119,7 @@ class TpmInfo:
     param: Param = NO_PARAM
     rc_text: str | None = None  # responses only
     header_only: bool = False  # TPM 1.2, unknown or vendor code: no deeper decode
+    params: tuple = field(default=(), compare=False, repr=False)  # pytss objects, if decoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +136,7 @@ class CtrlInfo:
 class Frame:
     """One relayed message with everything tpmsniff knows about it."""
 
-    seq: int  # 1-based message number across the whole run
+    seq: int  # live: 1-based message number of the run; offline: the input's frame number
     conn: int  # connection id (1-based)
     channel: Channel
     direction: Direction

@@ -135,9 +135,11 @@ def decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
     if tag == ST_SESSIONS:
         offset += 4 + int.from_bytes(msg[offset : offset + 4], "big")
     flag = any(s.attributes & DECRYPT for s in sessions)
-    return TpmInfo(
-        tag, size, cc, cc, name, handles, sessions, _param(msg, offset, enc_type, flag)
-    ), None
+    param = _param(msg, offset, enc_type, flag)
+    info = TpmInfo(
+        tag, size, cc, cc, name, handles, sessions, param, params=tuple(parsed.parameters)
+    )
+    return info, None
 
 
 def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str | None]:
@@ -155,7 +157,7 @@ def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str |
         return TpmInfo(tag, size, rc, cc, name, rc_text=text, header_only=True), None
     nh, enc_type = layout
     try:
-        handle, _params, rsp_sessions = _read_response(msg, cc, nh)
+        handle, params, rsp_sessions = _read_response(msg, cc, nh)
     except Exception as exc:
         return TpmInfo(tag, size, rc, cc, name, rc_text=text, header_only=True), _why(exc)
     handles = (handle,) if handle is not None else ()
@@ -174,7 +176,7 @@ def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str |
         s.attributes & ENCRYPT for s in cmd_sessions
     )
     param = _param(msg, offset, enc_type, flag)
-    return TpmInfo(tag, size, rc, cc, name, handles, sessions, param, text), None
+    return TpmInfo(tag, size, rc, cc, name, handles, sessions, param, text, params=params), None
 
 
 def _read_response(msg: bytes, cc: int, nh: int) -> tuple[int | None, tuple, list]:

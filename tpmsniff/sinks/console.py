@@ -24,7 +24,13 @@ RESET, BOLD, DIM, RED, GREEN, YELLOW, CYAN = (
     "\033[33m",
     "\033[36m",
 )
-VERDICT_STYLE = {Verdict.ENCRYPTED: GREEN + BOLD, Verdict.PLAINTEXT: RED + BOLD, Verdict.NA: DIM}
+VERDICT_STYLE = {
+    Verdict.ENCRYPTED: GREEN + BOLD,
+    Verdict.WEAK: YELLOW + BOLD,
+    Verdict.PLAINTEXT: RED + BOLD,
+    Verdict.UNKNOWN: YELLOW,
+    Verdict.NA: DIM,
+}
 DUMP_LIMIT = 4096 + 9 + 4  # control blobs are summarised, not dumped
 
 
@@ -65,6 +71,10 @@ class ConsoleSink(BaseSink):
         except (OSError, ValueError):
             pass  # a closed stdout must never stop the relay
 
+    def alert(self, text: str) -> None:
+        """A check violation, printed where the user is looking."""
+        self._print(self._c(RED + BOLD, f"!!! {text}"))
+
     def conn_open(self, info: ConnInfo) -> None:
         if self.mode == "hexdump":
             self._print(
@@ -91,16 +101,15 @@ class ConsoleSink(BaseSink):
         v = f.verdict
         if v is Verdict.NA:
             return ""
-        word = f"[{v}]"
+        word = f"[{f.tpm.param.word}]" if f.tpm is not None else f"[{v}]"
         return self._c(VERDICT_STYLE[v], word)
 
     def _summary(self, f: Frame) -> str:
         arrow = ">>>" if f.direction is Direction.COMMAND else "<<<"
         line = f"{self._stamp(f)} {arrow} {one_line(f)}"
-        if f.verdict is Verdict.PLAINTEXT:
-            line = line.replace(":PLAINTEXT", ":" + self._c(RED + BOLD, "PLAINTEXT"))
-        elif f.verdict is Verdict.ENCRYPTED:
-            line = line.replace(":ENCRYPTED", ":" + self._c(GREEN + BOLD, "ENCRYPTED"))
+        v = f.verdict
+        if v is not Verdict.NA and self.colour:
+            line = line.replace(f":{v}", ":" + self._c(VERDICT_STYLE[v], str(v)), 1)
         return line
 
     def _full(self, f: Frame) -> str:
@@ -154,8 +163,11 @@ class ConsoleSink(BaseSink):
         p = t.param
         if p.type_name is not None:
             size = "" if p.size is None else f" ({p.size} bytes)"
-            word = self._c(VERDICT_STYLE[p.verdict], str(p.verdict))
+            word = self._c(VERDICT_STYLE[p.verdict], p.word)
             lines.append(f"    first parameter {p.type_name}{size}: {word}")
+            if p.recovered is not None:
+                lines.append(self._c(YELLOW + BOLD, "    recovered by decryption (weak session):"))
+                lines += ["    " + x for x in hexdump(p.recovered[:DUMP_LIMIT])]
         return lines
 
     def _ctrl_lines(self, f: Frame) -> list[str]:

@@ -38,12 +38,17 @@ def frame_to_dict(f: Frame, file: str | None = None) -> dict:
                 "handle": None if s.handle is None else f"0x{s.handle:08x}",
                 "attributes": attrs_text(s.attributes),
                 "password": s.is_password,
+                **({"facts": _facts(s.facts)} if s.facts is not None else {}),
             }
             for s in t.sessions
         ]
         d["param"] = str(t.param.verdict)
         if t.param.type_name:
             d["param_type"] = t.param.type_name
+        if t.param.strength:
+            d["strength"] = t.param.strength
+        if t.param.recovered is not None:
+            d["recovered_hex"] = t.param.recovered.hex()
         if t.header_only:
             d["header_only"] = True
     elif f.ctrl is not None:
@@ -58,6 +63,18 @@ def frame_to_dict(f: Frame, file: str | None = None) -> dict:
     if f.error:
         d["error"] = f.error
     return d
+
+
+def _facts(f) -> dict:
+    return {
+        "type": f.type,
+        "origin": f.origin,
+        "salted": f.salted,
+        "bound": f.bound,
+        "symmetric": f.symmetric,
+        "auth_hash": f.auth_hash,
+        "salt_key": f.salt_key,
+    }
 
 
 class JsonlSink(BaseSink):

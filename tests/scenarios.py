@@ -1,0 +1,143 @@
+"""tpm2-pytss ESAPI scenarios for the session/verdict matrix (issue #4)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from tpm2_pytss import ESAPI, TCTILdr
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE, TPMA_NV, TPMA_OBJECT, TPMA_SESSION
+from tpm2_pytss.types import (
+    TPM2B_AUTH,
+    TPM2B_NV_PUBLIC,
+    TPM2B_PUBLIC,
+    TPM2B_SENSITIVE_CREATE,
+    TPM2B_SENSITIVE_DATA,
+    TPMS_NV_PUBLIC,
+    TPMS_SENSITIVE_CREATE,
+    TPMT_SYM_DEF,
+)
+
+SECRET = b"scenario-secret-0123456789"
+AES128CFB = TPMT_SYM_DEF(algorithm=TPM2_ALG.AES)
+AES128CFB.keyBits.aes = 128
+AES128CFB.mode.aes = TPM2_ALG.CFB
+XOR_SHA256 = TPMT_SYM_DEF(algorithm=TPM2_ALG.XOR)
+XOR_SHA256.keyBits.exclusiveOr = TPM2_ALG.SHA256
+ENC_DEC = TPMA_SESSION.CONTINUESESSION | TPMA_SESSION.DECRYPT | TPMA_SESSION.ENCRYPT
+
+
+def esapi(tcti_conf: str) -> ESAPI:
+    kind, _, conf = tcti_conf.partition(":")
+    return ESAPI(TCTILdr(kind, conf))
+
+
+def flush_all(e: ESAPI) -> None:
+    """No resource manager in front of swtpm: leave no transient object or session behind."""
+    from tpm2_pytss.constants import TPM2_CAP, TPM2_HR
+
+    for first in (TPM2_HR.TRANSIENT, TPM2_HR.HMAC_SESSION, TPM2_HR.POLICY_SESSION):
+        _, data = e.get_capability(TPM2_CAP.HANDLES, first, 64)
+        for h in data.data.handles:
+            e.flush_context(e.tr_from_tpmpublic(h) if h >> 24 == 0x80 else _session_tr(e, h))
+
+
+def _session_tr(e: ESAPI, handle: int):
+    return e.tr_from_tpmpublic(handle)
+
+
+def primary(e: ESAPI):
+    pub = TPM2B_PUBLIC.parse(
+        "rsa2048", objectAttributes=TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS
+    )
+    handle, *_ = e.create_primary(TPM2B_SENSITIVE_CREATE(), pub)
+    return handle
+
+
+# PolicyDigest of a policy made of TPM2_PolicyAuthValue alone (Part 3 §23.18)
+POLICY_AUTHVALUE = hashlib.sha256(b"\0" * 32 + (0x16B).to_bytes(4, "big")).digest()
+
+
+def sealed_object(e: ESAPI, parent, secret: bytes, session=ESYS_TR.PASSWORD, policy: bytes = b""):
+    sens = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(secret)))
+    pub = TPM2B_PUBLIC.parse(
+        "keyedhash",
+        objectAttributes=TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT,
+    )
+    if policy:
+        pub.publicArea.authPolicy = policy
+    priv, pub2, *_ = e.create(parent, sens, pub, session1=session)
+    return e.load(parent, priv, pub2)
+
+
+def session(e: ESAPI, kind: str, tpm_key=ESYS_TR.NONE, bind=ESYS_TR.NONE):
+    sym = XOR_SHA256 if kind == "xor" else AES128CFB
+    se = TPM2_SE.POLICY if kind == "policy" else TPM2_SE.HMAC
+    s = e.start_auth_session(tpm_key, bind, se, sym, TPM2_ALG.SHA256)
+    e.trsess_set_attributes(s, ENC_DEC)
+    return s
+
+
+def seal_unseal(tcti: str, kind: str) -> bytes:
+    """kind: password | salted | unsalted | xor | xor-salted | bound | policy."""
+    e = esapi(tcti)
+    try:
+        prim = primary(e)
+        if kind == "password":
+            obj = sealed_object(e, prim, SECRET)
+            return bytes(e.unseal(obj))
+        if kind == "salted":
+            s = session(e, "aes", tpm_key=prim)
+        elif kind == "bound":
+            s = session(e, "aes", bind=prim)
+        elif kind == "xor":
+            s = session(e, "xor")
+        elif kind == "xor-salted":
+            s = session(e, "xor", tpm_key=prim)
+        elif kind == "policy":
+            s = session(e, "policy")
+            e.policy_auth_value(s)
+        else:
+            s = session(e, "aes")
+        if kind == "policy":
+            # a policy session authorises the unseal; a second (HMAC) session encrypts Create
+            enc = session(e, "aes", tpm_key=prim)
+            obj = sealed_object(e, prim, SECRET, session=enc, policy=POLICY_AUTHVALUE)
+            e.flush_context(enc)
+            e.tr_set_auth(obj, b"")
+            return bytes(e.unseal(obj, session1=s))
+        obj = sealed_object(e, prim, SECRET, session=s)
+        out = bytes(e.unseal(obj, session1=s))
+        e.flush_context(s)
+        return out
+    finally:
+        flush_all(e)
+        e.close()
+
+
+def nv_roundtrip(tcti: str, encrypted: bool, index: int = 0x01500020) -> bytes:
+    e = esapi(tcti)
+    try:
+        nvpub = TPM2B_NV_PUBLIC(
+            nvPublic=TPMS_NV_PUBLIC(
+                nvIndex=index,
+                nameAlg=TPM2_ALG.SHA256,
+                attributes=TPMA_NV.OWNERWRITE
+                | TPMA_NV.OWNERREAD
+                | TPMA_NV.AUTHREAD
+                | TPMA_NV.AUTHWRITE,
+                dataSize=len(SECRET),
+            )
+        )
+        nv = e.nv_define_space(TPM2B_AUTH(), nvpub)
+        kwargs = {}
+        if encrypted:
+            prim = primary(e)
+            s = session(e, "aes", tpm_key=prim)
+            kwargs = {"session2": s}
+        e.nv_write(nv, SECRET, 0, ESYS_TR.RH_OWNER, **kwargs)
+        out = bytes(e.nv_read(nv, len(SECRET), 0, ESYS_TR.RH_OWNER, **kwargs))
+        e.nv_undefine_space(nv, ESYS_TR.RH_OWNER)
+        return out
+    finally:
+        flush_all(e)
+        e.close()
