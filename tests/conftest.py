@@ -29,11 +29,17 @@ def require(tool: str) -> str:
     return path
 
 
-def free_port(pair: bool = False) -> int:
-    """A free TCP port (and port+1 if pair) on 127.0.0.1."""
+def free_port(pair: bool = False, low: bool = False) -> int:
+    """A free TCP port (and port+1 if pair) on 127.0.0.1. `low`: below the ephemeral range,
+    so clients' ports are above it (Wireshark's TPM dissector tells direction that way)."""
+    import random
+
     for _ in range(100):
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", random.randrange(20000, 30000) if low else 0))
+            except OSError:
+                continue
             port = s.getsockname()[1]
         if port >= 65000:
             continue
@@ -87,7 +93,12 @@ class Swtpm:
 
 
 def start_swtpm(
-    tmp: Path, kind: str = "tcp", name: str = "swtpm", extra: list[str] | None = None
+    tmp: Path,
+    kind: str = "tcp",
+    name: str = "swtpm",
+    extra: list[str] | None = None,
+    log_opts: str = "level=2",
+    low_port: bool = False,
 ) -> Swtpm:
     exe = require("swtpm")
     d = tmp / name
@@ -102,10 +113,10 @@ def start_swtpm(
         "--flags",
         "not-need-init,startup-clear",
         "--log",
-        f"file={log},level=2",
+        f"file={log},{log_opts}",
     ]
     if kind == "tcp":
-        port = free_port(pair=True)
+        port = free_port(pair=True, low=low_port)
         args += ["--server", f"type=tcp,port={port}", "--ctrl", f"type=tcp,port={port + 1}"]
         data, ctrl = f"tcp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port + 1}"
         tcti = f"swtpm:host=127.0.0.1,port={port}"

@@ -43,6 +43,13 @@ class Annotator:
             framing=m.framing,
             prefix=m.prefix,
         )
+        try:
+            return self._annotate(conn, ev, base)
+        except Exception as exc:  # a decoder bug is an annotation, never a crash
+            return Frame(**base, error=f"internal decode error: {exc!r}")
+
+    def _annotate(self, conn: int, ev: Event, base: dict) -> Frame:
+        m = ev.message
         if ev.channel is Channel.CTRL:
             return self._ctrl(conn, ev, base)
         if m.framing is Framing.UNFRAMED:

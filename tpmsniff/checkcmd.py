@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .annotate import Annotator
 from .check import Checker, Finding, Requirement, Secret
-from .offline import InputError, frames_from_input
+from .inputs import InputError, frames_from_input
 from .sessions import parse_auth
 
 EXIT_PASS, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
@@ -88,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check captures: no secret in clear, required encryption present.",
         epilog="exit codes: 0 pass, 1 violation, 2 usage error or unreadable input",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="tpmsniff pcapng capture(s)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="captures or swtpm logs, as `tpmsniff decode` reads them",
+    )
     add_secret_args(p)
     p.add_argument(
         "--allow-empty",
@@ -101,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     if not (args.secret or args.secret_hex or args.secret_file or args.require_encrypted):
         print(
             "tpmsniff check: error: give --secret/--secret-hex/--secret-file or "

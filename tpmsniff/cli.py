@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
-from . import __version__, checkcmd
+from . import __version__, checkcmd, decodecmd
 from .addresses import Address, AddressError, parse_address
 from .annotate import Annotator
 from .channels import CtrlChannel, DataChannel
@@ -43,7 +43,8 @@ ADDR is PATH or unix:PATH (Unix stream socket), or tcp:HOST:PORT or HOST:PORT (T
 The swtpm TCTI opens its control channel at PORT+1 or PATH.ctrl; tpmsniff listens there
 too and relays to the upstream's companion when that exists at start-up.
 
-Offline: `tpmsniff check INPUT... --secret ...` (see `tpmsniff check --help`)."""
+Offline: `tpmsniff decode INPUT...` and `tpmsniff check INPUT... --secret ...`
+(see `tpmsniff decode --help`, `tpmsniff check --help`)."""
 
 EPILOG = """\
 examples:
@@ -275,9 +276,10 @@ async def serve(
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "check":
+    if argv and argv[0] in ("check", "decode"):
         configure("console", "warning")
-        return checkcmd.main(argv[1:])
+        sub = checkcmd if argv[0] == "check" else decodecmd
+        return sub.main(argv[1:])
     args = build_parser().parse_args(argv)
     configure(args.log_format, args.log_level)
     pipeline = None

@@ -29,8 +29,16 @@ class Packet:
     flags: int | None
 
 
-def read_pcapng(path: str) -> Iterator[Packet]:
-    """Yield every EPB of a (little- or big-endian) pcapng file."""
+# EPB fixed fields (type, len, iface, ts_high, ts_low, caplen, pkt_len): dpkt's own layout
+_EPB_FIXED = pcapng.EnhancedPacketBlock.__hdr_fmt__[1:-1]
+_EPB_HDR = pcapng.EnhancedPacketBlock.__hdr_len__ - 4
+
+
+def read_pcapng(path: str, options: bool = True) -> Iterator[Packet]:
+    """Yield every EPB of a (little- or big-endian) pcapng file.
+
+    options=False skips decoding EPB options (comment, flags): offline decoding does not
+    need them, and dpkt's option parsing is most of the cost of reading a capture."""
     with open(path, "rb") as fh:
         buf = fh.read()
     if buf[:4] != b"\x0a\x0d\x0d\x0a" or len(buf) < 12:
@@ -59,18 +67,25 @@ def read_pcapng(path: str) -> Iterator[Packet]:
                     res = 2.0 ** -(v & 0x7F) if v & 0x80 else 10.0**-v
             links.append((idb.linktype, res))
         elif btype == pcapng.PCAPNG_BT_EPB:
-            epb = (pcapng.EnhancedPacketBlockLE if le else pcapng.EnhancedPacketBlock)(block)
             number += 1
             comment = None
             flags = None
-            for opt in epb.opts:
-                if opt.code == pcapng.PCAPNG_OPT_COMMENT:
-                    comment = getattr(opt, "text", None) or opt.data.decode("utf-8", "replace")
-                elif opt.code == 2 and len(opt.data) == 4:
-                    flags = struct.unpack(order + "I", opt.data)[0]
-            link, res = links[epb.iface_id] if epb.iface_id < len(links) else (1, 1e-6)
-            ts = ((epb.ts_high << 32) | epb.ts_low) * res
-            yield Packet(number, ts, link, epb.pkt_data, comment, flags)
+            if options:
+                epb = (pcapng.EnhancedPacketBlockLE if le else pcapng.EnhancedPacketBlock)(block)
+                iface, ts_high, ts_low, data = epb.iface_id, epb.ts_high, epb.ts_low, epb.pkt_data
+                for opt in epb.opts:
+                    if opt.code == pcapng.PCAPNG_OPT_COMMENT:
+                        comment = getattr(opt, "text", None) or opt.data.decode("utf-8", "replace")
+                    elif opt.code == 2 and len(opt.data) == 4:
+                        flags = struct.unpack(order + "I", opt.data)[0]
+            else:
+                _, _, iface, ts_high, ts_low, caplen, _ = struct.unpack_from(
+                    order + _EPB_FIXED, block
+                )
+                data = block[_EPB_HDR : _EPB_HDR + caplen]
+            link, res = links[iface] if iface < len(links) else (1, 1e-6)
+            ts = ((ts_high << 32) | ts_low) * res
+            yield Packet(number, ts, link, data, comment, flags)
         off += blen
 
 

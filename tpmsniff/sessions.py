@@ -123,13 +123,15 @@ class SessionTracker:
 
     # -- commands ---------------------------------------------------------------
     def on_command(self, conn: int, info: TpmInfo, msg: bytes) -> TpmInfo:
-        sessions = tuple(replace(s, facts=self._facts(s.handle)) for s in info.sessions)
-        for s in info.sessions:
-            if s.handle in self.sessions:
-                self.sessions[s.handle].nonce_caller = s.nonce
-        info = replace(info, sessions=sessions)
-        param = self._grade(info, msg, DECRYPT, command=True)
-        info = replace(info, param=param)
+        if info.sessions:
+            sessions = tuple(replace(s, facts=self._facts(s.handle)) for s in info.sessions)
+            for s in info.sessions:
+                if s.handle in self.sessions:
+                    self.sessions[s.handle].nonce_caller = s.nonce
+            info = replace(info, sessions=sessions)
+            param = self._grade(info, msg, DECRYPT, command=True)
+            if param is not info.param:
+                info = replace(info, param=param)
         pend = _Pending(info)
         pend.drop = [
             s.handle for s in info.sessions if s.handle != TPM_RS_PW and not s.attributes & CONTINUE
@@ -154,13 +156,16 @@ class SessionTracker:
         if pend is None or info.code != 0:
             return info
         cmd = pend.info
-        sessions = []
-        for s in info.sessions:
-            if s.handle is not None and s.handle in self.sessions:
-                self.sessions[s.handle].nonce_tpm = s.nonce  # nonceOlder for the next use
-            sessions.append(replace(s, facts=self._facts(s.handle) if s.handle else None))
-        info = replace(info, sessions=tuple(sessions))
-        info = replace(info, param=self._grade(info, msg, ENCRYPT, command=False, cmd=cmd))
+        if info.sessions:
+            sessions = []
+            for s in info.sessions:
+                if s.handle is not None and s.handle in self.sessions:
+                    self.sessions[s.handle].nonce_tpm = s.nonce  # nonceOlder for the next use
+                sessions.append(replace(s, facts=self._facts(s.handle) if s.handle else None))
+            info = replace(info, sessions=tuple(sessions))
+            param = self._grade(info, msg, ENCRYPT, command=False, cmd=cmd)
+            if param is not info.param:
+                info = replace(info, param=param)
         self._learn(cmd, info, pend)
         for h in pend.drop:
             self.sessions.pop(h, None)

@@ -44,7 +44,7 @@ def _strip_prefix(line: str, prefix: str | None) -> str:
 
 
 def parse_lines(lines: Iterable[str], prefix: str | None = None) -> Iterator[LogMessage]:
-    """Yield every dumped message in log order."""
+    """Yield every dumped message in log order. The line prefix is learnt if not given."""
     kind = None
     want = 0
     buf = bytearray()
@@ -52,6 +52,11 @@ def parse_lines(lines: Iterable[str], prefix: str | None = None) -> Iterator[Log
     for no, raw in enumerate(lines, 1):
         line = _strip_prefix(raw.rstrip("\n"), prefix)
         m = _HEAD.search(line)
+        if m and prefix is None:
+            # `--log ...,prefix=P` puts P before every line: learn it from the header
+            prefix = line[: m.start()].rstrip() or None
+            line = _strip_prefix(line, prefix)
+            m = _HEAD.search(line)
         if m:
             if kind is not None:
                 yield LogMessage(kind, bytes(buf), want, start)

@@ -70,6 +70,16 @@ def _command_layout(cc: int) -> tuple[int, str | None] | None:
 
 
 @cache
+def _param_types(cc: int, command: bool) -> tuple:
+    """pytss parameter types of a command or response (cached: pytss derives them from
+    dataclass fields on every call)."""
+    look = (
+        cp.tpm2_command.lookup_command_class if command else cp.tpm2_response.lookup_response_class
+    )
+    return tuple(look(cc).parameter_types())
+
+
+@cache
 def _response_layout(cc: int) -> tuple[int, str | None] | None:
     try:
         cls = cp.tpm2_response.lookup_response_class(cc)
@@ -123,22 +133,30 @@ def decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
         for i in range(nh)
         if 14 + 4 * i <= len(msg)
     )
+    offset = 10 + 4 * nh
     try:
-        parsed = cp.read_command(io.BytesIO(msg))
+        if size != len(msg) or offset > size:
+            raise ValueError("commandSize does not match the message")
+        parsed_sessions: tuple = ()
+        if tag == ST_SESSIONS:
+            auth_size = int.from_bytes(msg[offset : offset + 4], "big")
+            if offset + 4 + auth_size > size:
+                raise ValueError("authorizationSize exceeds the command")
+            parsed_sessions = tuple(cp.read_command_sessions(io.BytesIO(msg[offset:])))
+            offset += 4 + auth_size
+        types = cp._set_encrypted_parameter(
+            _param_types(cc, True), parsed_sessions, TPMA_SESSION.DECRYPT
+        )
+        params, _ = cp.read_and_unmarshal(msg[offset:], *types)
     except Exception as exc:  # pytss raises TSS2_Exception, ValueError, struct errors...
         return TpmInfo(tag, size, cc, cc, name, handles, header_only=True), _why(exc)
     sessions = tuple(
         Session(int(s.handle), int(s.attributes), bytes(s.nonce), bytes(s.authorization))
-        for s in parsed.sessions
+        for s in parsed_sessions
     )
-    offset = 10 + 4 * nh
-    if tag == ST_SESSIONS:
-        offset += 4 + int.from_bytes(msg[offset : offset + 4], "big")
     flag = any(s.attributes & DECRYPT for s in sessions)
     param = _param(msg, offset, enc_type, flag)
-    info = TpmInfo(
-        tag, size, cc, cc, name, handles, sessions, param, params=tuple(parsed.parameters)
-    )
+    info = TpmInfo(tag, size, cc, cc, name, handles, sessions, param, params=tuple(params))
     return info, None
 
 
@@ -186,7 +204,6 @@ def _read_response(msg: bytes, cc: int, nh: int) -> tuple[int | None, tuple, lis
     authorization area, which has none (TPM 2.0 Part 1 §18.8), so every response with
     sessions fails to parse there.
     """
-    cls = cp.tpm2_response.lookup_response_class(TPM2_CC(cc))
     tag = int.from_bytes(msg[0:2], "big")
     off = 10
     handle = None
@@ -208,7 +225,7 @@ def _read_response(msg: bytes, cc: int, nh: int) -> tuple[int | None, tuple, lis
         )
         sessions.append(cp.tpm2_response_session(nonce, attrs, ack))
         sdata = sdata[used:]
-    types = cp._set_encrypted_parameter(cls.parameter_types(), sessions, TPMA_SESSION.ENCRYPT)
+    types = cp._set_encrypted_parameter(_param_types(cc, False), sessions, TPMA_SESSION.ENCRYPT)
     params, _ = cp.read_and_unmarshal(pdata, *types)
     return handle, tuple(params), sessions
 

@@ -24,8 +24,12 @@ def log_sequence(path, tpm: bool = True) -> list[tuple[bool, bytes]]:
     return [(m.kind == kinds[0], m.data) for m in parse_file(str(path)) if m.kind in kinds]
 
 
-def tshark_fields(pcap, *fields: str, filt: str | None = None) -> list[list[str]]:
+def tshark_fields(
+    pcap, *fields: str, filt: str | None = None, tpm_port: int | None = None
+) -> list[list[str]]:
     args = [require("tshark"), "-r", str(pcap), "-T", "fields", "-E", "separator=\t"]
+    if tpm_port is not None:  # "Decode As" TPM for a port outside 2321-2322
+        args += ["-d", f"tcp.port=={tpm_port},tpm"]
     if filt:
         args += ["-Y", filt]
     for f in fields:

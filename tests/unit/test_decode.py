@@ -57,7 +57,7 @@ def test_response_sessions_carry_command_handles():
 
 def test_password_session_flagged():
     # PolicySecret-free Unseal of a sealed object with a password session (TPM_RS_PW, auth "pw")
-    cmd = bytes.fromhex("80020000001e0000015e800000010000000d4000000900000100027077")
+    cmd = bytes.fromhex("80020000001d0000015e800000010000000b4000000900000100027077")
     cmd = cmd[:2] + len(cmd).to_bytes(4, "big") + cmd[6:]
     info, err = decode_command(cmd)
     assert err is None

@@ -78,7 +78,15 @@ def _facts(f) -> dict:
 
 
 class JsonlSink(BaseSink):
-    def __init__(self, path: str | None = None, out: TextIO | None = None, file: str | None = None):
+    def __init__(
+        self,
+        path: str | None = None,
+        out: TextIO | None = None,
+        file: str | None = None,
+        flush: bool = True,
+    ):
+        """flush: after every message (live: readable at once); offline leaves it to the end."""
+        self._flush = flush
         if out is None:
             assert path is not None
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -91,8 +99,10 @@ class JsonlSink(BaseSink):
 
     def frame(self, f: Frame) -> None:
         self.out.write(json.dumps(frame_to_dict(f, self.file), separators=(",", ":")) + "\n")
-        self.out.flush()
+        if self._flush:
+            self.out.flush()
 
     def close(self) -> None:
+        self.out.flush()
         if self._own:
             self.out.close()
