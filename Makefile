@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-pcap0 tshark \
-	qemu-system-x86 seabios socat pkg-config gcc python3-dev python3-venv
+	qemu-system-x86 seabios socat pkg-config gcc python3-dev python3-venv systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv test unit lint demo bench clean
+.PHONY: deps venv test unit lint demo bench man clean
 
 deps: ## install the Debian packages that are missing
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -43,6 +43,9 @@ demo: venv ## private swtpm + tpmsniff + a seal/unseal workload; shows the conso
 
 bench: venv ## latency/throughput vs direct and socat, RSS growth
 	$(PY) bench/bench.py
+
+man: venv ## regenerate docs/tpmsniff.1 from the argument parsers
+	$(PY) -m tpmsniff.manpage > docs/tpmsniff.1
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -23,12 +23,13 @@ from .channels import CtrlChannel, DataChannel
 from .checkcmd import add_secret_args, build_checker
 from .framing import DEFAULT_MAX_MESSAGE
 from .logs import configure
+from .notify import notify
 from .pipeline import Pipeline
 from .sinks.base import Sink
 from .sinks.checksink import CheckSink
 from .sinks.console import ConsoleSink
 from .sinks.jsonl import JsonlSink
-from .sinks.pcapng import PcapngSink
+from .sinks.pcapng import PcapngSink, parse_rotate
 from .transport import ConnCounter, Relay, StartupError, check_unix_upstream, check_upstream
 from .worker import WorkerPipeline
 
@@ -36,8 +37,10 @@ EXIT_OK, EXIT_USAGE, EXIT_STARTUP = 0, 2, 3
 log = structlog.get_logger("tpmsniff")
 
 DESCRIPTION = """\
-Relay a TPM client (tpm2-tools/any TSS via the swtpm TCTI, or a raw socket client) to
-swtpm, unchanged, while decoding every TPM 2.0 command and response.
+Relay a TPM client to swtpm, unchanged, while decoding every TPM 2.0 command and
+response: QEMU's -tpmdev emulator (its control channel, with the data channel's fd
+substituted), tpm2-tools or any TSS through the swtpm TCTI, or a raw (or MS-simulator
+framed) client.
 
 ADDR is PATH or unix:PATH (Unix stream socket), or tcp:HOST:PORT or HOST:PORT (TCP).
 The swtpm TCTI opens its control channel at PORT+1 or PATH.ctrl; tpmsniff listens there
@@ -75,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"tpmsniff {__version__}")
     p.add_argument("--listen", required=True, metavar="ADDR", help="where clients connect")
-    p.add_argument("--upstream", required=True, metavar="ADDR", help="the swtpm data socket")
+    p.add_argument(
+        "--upstream",
+        required=True,
+        metavar="ADDR",
+        help="swtpm's socket: --ctrl for QEMU, --server for data clients",
+    )
     p.add_argument(
         "--listen-ctrl",
         metavar="ADDR|none",
@@ -115,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda s: int(s, 8),
         metavar="OCTAL",
         help="permissions of Unix listen sockets, e.g. 0660",
+    )
+    p.add_argument(
+        "--pcap-rotate",
+        metavar="size=N[K|M|G][,count=N]",
+        help="ring buffer like dumpcap -b: a new file every N bytes, keeping at most count "
+        "files named FILE_NNNNN_YYYYmmddHHMMSS.pcapng",
+    )
+    p.add_argument(
+        "--listen-owner",
+        metavar="USER[:GROUP]",
+        help="owner of Unix listen sockets (e.g. so a QEMU running as another user can connect)",
     )
     p.add_argument(
         "--mode",
@@ -165,8 +184,33 @@ async def _companion(
     return lc, uc
 
 
+def parse_owner(text: str) -> tuple[int, int]:
+    """USER[:GROUP] -> (uid, gid); -1 keeps the current one."""
+    import grp
+    import pwd
+
+    user, _, group = text.partition(":")
+    try:
+        uid = pwd.getpwnam(user).pw_uid if user else -1
+        gid = grp.getgrnam(group).gr_gid if group else -1
+    except KeyError as exc:
+        raise StartupError(f"--listen-owner {text}: no such user or group {exc}") from None
+    return uid, gid
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """Fail at start (exit 3) if an output file cannot be created, before forking."""
+    if args.pcap_rotate:
+        if not args.pcap:
+            raise StartupError("--pcap-rotate needs --pcap")
+        try:
+            parse_rotate(args.pcap_rotate)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        folder = os.path.dirname(os.path.abspath(args.pcap))
+        if not os.access(folder, os.W_OK):
+            raise StartupError(f"capture directory {folder}: not writable")
+        return  # the ring's files are named from --pcap
     for path in (args.pcap, args.jsonl):
         if path:
             try:
@@ -183,7 +227,9 @@ def make_sinks(args: argparse.Namespace) -> list[Sink]:
         console = ConsoleSink(args.console)
         sinks.append(console)
     if args.pcap:
-        sinks.append(PcapngSink(args.pcap))
+        sinks.append(
+            PcapngSink(args.pcap, parse_rotate(args.pcap_rotate) if args.pcap_rotate else None)
+        )
     if args.jsonl:
         sinks.append(JsonlSink(args.jsonl))
     if args.secret or args.secret_hex or args.secret_file or args.require_encrypted:
@@ -203,6 +249,12 @@ def make_pipeline(args: argparse.Namespace) -> Pipeline | WorkerPipeline:
     return WorkerPipeline(lambda: Pipeline(make_sinks(args), Annotator(auth), deferred=False))
 
 
+def reopen(pipeline: Pipeline | WorkerPipeline) -> None:
+    """SIGHUP: start a new capture file at the configured path (logrotate `create`)."""
+    log.info("SIGHUP: reopening capture files")
+    pipeline.control("reopen")
+
+
 async def serve(
     args: argparse.Namespace,
     pipeline: Pipeline | WorkerPipeline,
@@ -212,6 +264,7 @@ async def serve(
     """Run the relays until SIGTERM/SIGINT (or `stop` is set, for in-process use)."""
     listen = _addr(args.listen, "--listen")
     upstream = _addr(args.upstream, "--upstream")
+    owner = parse_owner(args.listen_owner) if args.listen_owner else None
     await check_upstream(upstream)
     companion = await _companion(args, listen, upstream)
     counter = ConnCounter()
@@ -224,6 +277,7 @@ async def serve(
             counter,
             role={"auto": "auto", "qemu": "qemu", "swtpm": "data"}[args.mode],
             listen_mode=args.listen_mode,
+            listen_owner=owner,
         )
     ]
     if companion:
@@ -236,6 +290,7 @@ async def serve(
                 counter,
                 role="ctrl",
                 listen_mode=args.listen_mode,
+                listen_owner=owner,
             )
         )
     try:
@@ -253,6 +308,7 @@ async def serve(
         pcap=args.pcap,
         version=__version__,
     )
+    notify("READY=1")
     if ready is not None:
         ready(relays)
     if stop is None:
@@ -260,7 +316,9 @@ async def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: reopen(pipeline))
     await stop.wait()
+    notify("STOPPING=1")
     log.info("stopping", busy=any(r.busy for r in relays))
     for r in relays:
         r.stop_accepting()

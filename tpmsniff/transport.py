@@ -283,6 +283,7 @@ class Relay:
         *,
         role: str = "data",
         listen_mode: int | None = None,
+        listen_owner: tuple[int, int] | None = None,
     ) -> None:
         self.listen = listen
         self.upstream = upstream
@@ -291,6 +292,7 @@ class Relay:
         self.counter = counter
         self.role = role
         self.listen_mode = listen_mode
+        self.listen_owner = listen_owner
         self.clients: set[_Client] = set()
         self.sessions: set[Any] = set()  # QEMU control sessions
         self.server: asyncio.Server | None = None
@@ -336,6 +338,8 @@ class Relay:
                 )
             if self.listen.kind == "unix" and self.listen_mode is not None:
                 os.chmod(self.listen.path, self.listen_mode)
+            if self.listen.kind == "unix" and self.listen_owner is not None:
+                os.chown(self.listen.path, *self.listen_owner)
         except OSError as exc:
             why = (
                 "address already in use"

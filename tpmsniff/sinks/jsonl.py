@@ -87,15 +87,24 @@ class JsonlSink(BaseSink):
     ):
         """flush: after every message (live: readable at once); offline leaves it to the end."""
         self._flush = flush
+        self.path = path
         if out is None:
             assert path is not None
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            out = os.fdopen(fd, "w", encoding="utf-8")
+            out = self._open(os.O_TRUNC)
             self._own = True
         else:
             self._own = False
         self.out = out
         self.file = file
+
+    def _open(self, mode: int) -> TextIO:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "w", encoding="utf-8")
+
+    def control(self, what: str) -> None:
+        if what == "reopen" and self._own:  # SIGHUP: logrotate moved the file away
+            self.out.close()
+            self.out = self._open(os.O_APPEND)
 
     def frame(self, f: Frame) -> None:
         self.out.write(json.dumps(frame_to_dict(f, self.file), separators=(",", ":")) + "\n")

@@ -10,7 +10,9 @@ with one unbuffered write, so a killed daemon leaves a readable file.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import struct
 import time
 from dataclasses import dataclass
@@ -59,11 +61,15 @@ def stream_endpoint(conn: int) -> tuple[bytes, int]:
 class PcapngWriter:
     """Block-level writer: SHB + IDB once, then one EPB per write() call."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, append: bool = False) -> None:
+        """append: add a new section to an existing file (a valid pcapng either way)."""
         self.path = path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        os.fchmod(fd, 0o600)
+        mode = os.O_APPEND if append else os.O_TRUNC
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o600)
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)  # captures hold secrets, whatever the umask or old mode
         self._fd = fd
+        self.size = 0
         shb = pcapng.SectionHeaderBlockLE(
             opts=[
                 pcapng.PcapngOptionLE(
@@ -88,10 +94,19 @@ class PcapngWriter:
         self._write(bytes(shb) + bytes(idb))
 
     def _write(self, data: bytes) -> None:
+        """Write one whole block, or none: a failed write (disk full) is cut back off, so
+        the file always ends on a complete block and stays readable."""
+        start = os.lseek(self._fd, 0, os.SEEK_END)
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)
+            raise
+        self.size += len(data)
 
     def packet(self, ts: float, data: bytes, comment: str, flags: int) -> None:
         us = round(ts * 1e6)
@@ -134,14 +149,88 @@ def _segment(
     return bytes(eth)
 
 
-class PcapngSink(BaseSink):
-    """Writes every frame as a TCP segment of its connection's synthetic stream."""
+def parse_rotate(text: str) -> tuple[int, int | None]:
+    """`size=N[K|M|G][,count=N]` (like dumpcap -b) -> (bytes, count or None)."""
+    size = None
+    count = None
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        if key == "size":
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(value[-1:].upper(), 1)
+            digits = value[:-1] if mult != 1 else value
+            if not digits.isdigit() or int(digits) == 0:
+                raise ValueError(f"--pcap-rotate: bad size {value!r}")
+            size = int(digits) * mult
+        elif key == "count":
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"--pcap-rotate: bad count {value!r}")
+            count = int(value)
+        else:
+            raise ValueError(f"--pcap-rotate: unknown key {key!r} (size=N[K|M|G],count=N)")
+    if size is None:
+        raise ValueError("--pcap-rotate needs size=N[K|M|G]")
+    return size, count
 
-    def __init__(self, path: str) -> None:
+
+class PcapngSink(BaseSink):
+    """Writes every frame as a TCP segment of its connection's synthetic stream.
+
+    Rotation (`rotate=(size, count)`): like dumpcap's ring buffer, files are named
+    `STEM_NNNNN_YYYYmmddHHMMSS.pcapng`; a file is closed once it reaches `size` bytes and
+    at most `count` files are kept. `control("reopen")` (SIGHUP) starts a new file at the
+    configured path, as logrotate's `create` expects. Every file is valid on its own: open
+    streams get a fresh handshake in each new file.
+    """
+
+    def __init__(self, path: str, rotate: tuple[int, int | None] | None = None) -> None:
         self.path = path
-        self._w: PcapngWriter | None = PcapngWriter(path)
+        self.rotate = rotate
+        self._ring: list[str] = []
+        self._n = 0
         self._streams: dict[int, _Stream] = {}
         self._failed = False
+        self._w: PcapngWriter | None = None
+        self._w = self._open(first=True)
+
+    def _open(self, first: bool = False) -> PcapngWriter:
+        if self.rotate is None:
+            return PcapngWriter(self.path, append=not first)
+        self._n += 1
+        stem, dot, ext = self.path.rpartition(".")
+        if not dot or "/" in ext:
+            stem, ext = self.path, "pcapng"
+        name = f"{stem}_{self._n:05d}_{time.strftime('%Y%m%d%H%M%S')}.{ext}"
+        w = PcapngWriter(name)
+        self._ring.append(name)
+        count = self.rotate[1]
+        while count is not None and len(self._ring) > count:
+            old = self._ring.pop(0)
+            try:
+                os.unlink(old)
+            except OSError as exc:
+                log.warning("could not remove old capture", path=old, error=exc.strerror)
+        return w
+
+    def _next_file(self) -> None:
+        """Close the current file and start the next; open streams restart with a handshake."""
+        if self._w is not None:
+            self._w.close()
+        try:
+            self._w = self._open()
+        except OSError as exc:
+            self._fail(exc)
+            return
+        for st in self._streams.values():
+            st.started = False
+        log.info("capture file started", path=self._w.path)
+
+    def control(self, what: str) -> None:
+        if what == "reopen" and not self._failed:
+            self._next_file()
+
+    @property
+    def files(self) -> list[str]:
+        return list(self._ring) if self.rotate else [self.path]
 
     # -- stream bookkeeping -------------------------------------------------
     def conn_open(self, info: ConnInfo) -> None:
@@ -150,29 +239,26 @@ class PcapngSink(BaseSink):
         isn = (info.conn * 0x10001) & 0x7FFFFFFF
         label = f"conn {info.conn} {info.channel} {info.peer} -> {info.upstream}"
         self._streams[info.conn] = _Stream(
-            info.conn, ip, port, server, isn, isn ^ 0x5A5A5A5A, label
+            info.conn, ip, port, server, isn + 1, (isn ^ 0x5A5A5A5A) + 1, label
         )
 
     def _start(self, st: _Stream, ts: float) -> None:
+        """SYN, SYN+ACK, ACK leading up to the stream's current sequence numbers."""
         st.started = True
         c, s = st.client_ip, b"\x7f\x00\x00\x01"
+        cp, sp = st.client_port, st.server_port
         self._emit(
-            ts,
-            _segment(c, s, st.client_port, st.server_port, st.cseq, 0, TH_SYN),
-            f"{st.label}: open",
-            OUTBOUND,
+            ts, _segment(c, s, cp, sp, st.cseq - 1, 0, TH_SYN), f"{st.label}: open", OUTBOUND
         )
         self._emit(
             ts,
-            _segment(s, c, st.server_port, st.client_port, st.sseq, st.cseq + 1, TH_SYN | TH_ACK),
+            _segment(s, c, sp, cp, st.sseq - 1, st.cseq, TH_SYN | TH_ACK),
             f"conn {st.conn} open (SYN+ACK)",
             INBOUND,
         )
-        st.cseq += 1
-        st.sseq += 1
         self._emit(
             ts,
-            _segment(c, s, st.client_port, st.server_port, st.cseq, st.sseq, TH_ACK),
+            _segment(c, s, cp, sp, st.cseq, st.sseq, TH_ACK),
             f"conn {st.conn} open (ACK)",
             OUTBOUND,
         )
@@ -182,23 +268,22 @@ class PcapngSink(BaseSink):
         if st is None or not st.started:
             return
         c, s = st.client_ip, b"\x7f\x00\x00\x01"
+        cp, sp = st.client_port, st.server_port
         self._emit(
             ts,
-            _segment(c, s, st.client_port, st.server_port, st.cseq, st.sseq, TH_FIN | TH_ACK),
+            _segment(c, s, cp, sp, st.cseq, st.sseq, TH_FIN | TH_ACK),
             f"conn {conn} close (FIN)",
             OUTBOUND,
         )
-        st.cseq += 1
         self._emit(
             ts,
-            _segment(s, c, st.server_port, st.client_port, st.sseq, st.cseq, TH_FIN | TH_ACK),
+            _segment(s, c, sp, cp, st.sseq, st.cseq + 1, TH_FIN | TH_ACK),
             f"conn {conn} close (FIN+ACK)",
             INBOUND,
         )
-        st.sseq += 1
         self._emit(
             ts,
-            _segment(c, s, st.client_port, st.server_port, st.cseq, st.sseq, TH_ACK),
+            _segment(c, s, cp, sp, st.cseq + 1, st.sseq + 1, TH_ACK),
             f"conn {conn} close (ACK)",
             OUTBOUND,
         )
@@ -214,6 +299,8 @@ class PcapngSink(BaseSink):
         comment = one_line(f)
         for piece, note in self._pieces(f, comment):
             self._data(st, f, piece, note)
+        if self.rotate is not None and self._w is not None and self._w.size >= self.rotate[0]:
+            self._next_file()
 
     def _pieces(self, f: Frame, comment: str) -> list[tuple[bytes, str]]:
         """Split a message so each segment holds exactly one TPM message (or prefix/trailer)."""
@@ -253,13 +340,17 @@ class PcapngSink(BaseSink):
         try:
             self._w.packet(ts, pkt, comment, flags)
         except OSError as exc:
-            if not self._failed:
-                log.error(
-                    "capture write failed; relay continues without capture",
-                    path=self.path,
-                    error=str(exc),
-                )
-            self._failed = True
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        if not self._failed:
+            log.error(
+                "capture write failed; relay continues without capture",
+                path=self._w.path if self._w else self.path,
+                error=exc.strerror or str(exc),
+            )
+        self._failed = True
+        if self._w is not None:
             self._w.close()
             self._w = None
 
