@@ -12,14 +12,10 @@ NV_DATA = b"nv-data-0123456789"
 NV_INDEX = "0x1500016"
 
 
-def tpm2tools_workload(tcti: str, cwd: Path) -> dict[str, object]:
-    cwd.mkdir(parents=True, exist_ok=True)
-
-    def t(*args: str, input: bytes | None = None) -> bytes:
-        return run_tool(list(args), tcti, cwd, input).stdout
-
-    out: dict[str, object] = {}
-    out["getrandom_len"] = len(t("tpm2_getrandom", "16"))
+def tools_seal_unseal(t, secret: bytes = SECRET) -> bytes:
+    """createprimary, create (seal), load, unseal with tpm2-tools' defaults, flushing
+    transient objects after each step (no resource manager in front of swtpm).
+    `t(*args, input=None)` runs one tool and returns its stdout."""
     t("tpm2_createprimary", "-Q", "-C", "o", "-c", "prim.ctx")
     t("tpm2_flushcontext", "-t")
     t(
@@ -33,13 +29,25 @@ def tpm2tools_workload(tcti: str, cwd: Path) -> dict[str, object]:
         "seal.pub",
         "-r",
         "seal.priv",
-        input=SECRET,
+        input=secret,
     )
     t("tpm2_flushcontext", "-t")
     t("tpm2_load", "-Q", "-C", "prim.ctx", "-u", "seal.pub", "-r", "seal.priv", "-c", "seal.ctx")
     t("tpm2_flushcontext", "-t")
-    out["unseal"] = t("tpm2_unseal", "-c", "seal.ctx")
+    out = t("tpm2_unseal", "-c", "seal.ctx")
     t("tpm2_flushcontext", "-t")
+    return out
+
+
+def tpm2tools_workload(tcti: str, cwd: Path) -> dict[str, object]:
+    cwd.mkdir(parents=True, exist_ok=True)
+
+    def t(*args: str, input: bytes | None = None) -> bytes:
+        return run_tool(list(args), tcti, cwd, input).stdout
+
+    out: dict[str, object] = {}
+    out["getrandom_len"] = len(t("tpm2_getrandom", "16"))
+    out["unseal"] = tools_seal_unseal(t)
     t(
         "tpm2_nvdefine",
         "-Q",

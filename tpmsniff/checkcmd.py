@@ -24,6 +24,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"tpmsniff check: error: {message}\n")
 
 
+def add_auth_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--auth",
+        action="append",
+        default=[],
+        metavar="HANDLE=VALUE",
+        help="authValue for weak-session decryption (text, or hex:…)",
+    )
+
+
 def add_secret_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--secret",
@@ -48,12 +58,11 @@ def add_secret_args(p: argparse.ArgumentParser) -> None:
         help="count WEAK (unsalted, unbound) encryption as encrypted",
     )
     p.add_argument(
-        "--auth",
-        action="append",
-        default=[],
-        metavar="HANDLE=VALUE",
-        help="authValue for weak-session decryption (text, or hex:…)",
+        "--allow-empty",
+        action="store_true",
+        help="do not fail when no TPM message, or no required command, was seen",
     )
+    add_auth_arg(p)
 
 
 def build_checker(args: argparse.Namespace) -> tuple[Checker, dict[int, bytes]]:
@@ -77,7 +86,7 @@ def build_checker(args: argparse.Namespace) -> tuple[Checker, dict[int, bytes]]:
         secrets,
         requires,
         allow_weak=args.allow_weak,
-        allow_empty=getattr(args, "allow_empty", False),
+        allow_empty=args.allow_empty,
     )
     return checker, auth
 
@@ -95,11 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="captures or swtpm logs, as `tpmsniff decode` reads them",
     )
     add_secret_args(p)
-    p.add_argument(
-        "--allow-empty",
-        action="store_true",
-        help="do not fail on a capture without TPM messages or required commands",
-    )
     p.add_argument("--json", metavar="FILE", help="write a JSON report")
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
     return p

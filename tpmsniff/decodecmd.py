@@ -12,6 +12,7 @@ import sys
 from dataclasses import replace
 
 from .annotate import Annotator
+from .checkcmd import add_auth_arg
 from .inputs import FORMATS, InputError, frames_from_input
 from .sessions import parse_auth
 from .sinks.base import Sink
@@ -44,13 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to print on stdout (default: summary)",
     )
     p.add_argument("--pcap", metavar="OUT", help="also write an annotated tpmsniff pcapng")
-    p.add_argument(
-        "--auth",
-        action="append",
-        default=[],
-        metavar="HANDLE=VALUE",
-        help="authValue for weak-session decryption (text, or hex:…)",
-    )
+    add_auth_arg(p)
     return p
 
 

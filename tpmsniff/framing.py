@@ -46,25 +46,17 @@ def _unframed(buf: bytes, why: str) -> Message:
     return Message(bytes(buf), Framing.UNFRAMED, note=why)
 
 
-class RequestFramer:
-    """Reassembles client→TPM requests (raw TPM or MS-sim prefixed) by their size field.
-
-    Anything that cannot be a request (bad tag, size < 10 or > max) is released at once
-    as UNFRAMED with everything buffered, so the buffer never exceeds one maximal message.
-    """
+class _Framer:
+    """What both framers share: a bounded buffer drained into whole messages."""
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
         self.max_message = max_message
         self._buf = bytearray()
 
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
+    def _next(self) -> Message | None:
+        raise NotImplementedError
 
-    def feed(self, data: bytes) -> list[Message]:
-        # Fast path: the usual case is exactly one whole raw command per read.
-        if not self._buf and _whole(data) and len(data) <= self.max_message:
-            return [Message(data, Framing.RAW)]
+    def _drain(self, data: bytes) -> list[Message]:
         self._buf += data
         out: list[Message] = []
         while self._buf:
@@ -81,6 +73,24 @@ class RequestFramer:
         msg = _unframed(self._buf, "truncated at end of stream")
         self._buf.clear()
         return msg
+
+
+class RequestFramer(_Framer):
+    """Reassembles client→TPM requests (raw TPM or MS-sim prefixed) by their size field.
+
+    Anything that cannot be a request (bad tag, size < 10 or > max) is released at once
+    as UNFRAMED with everything buffered, so the buffer never exceeds one maximal message.
+    """
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Message]:
+        # Fast path: the usual case is exactly one whole raw command per read.
+        if not self._buf and _whole(data) and len(data) <= self.max_message:
+            return [Message(data, Framing.RAW)]
+        return self._drain(data)
 
     def _take(self, n: int) -> bytes:
         out = bytes(self._buf[:n])
@@ -123,7 +133,7 @@ class RequestFramer:
         return msg
 
 
-class ResponseFramer:
+class ResponseFramer(_Framer):
     """Splits a copy of the TPM→client stream into responses.
 
     The caller says what framing the outstanding request used (`expect`), because an
@@ -131,8 +141,7 @@ class ResponseFramer:
     """
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
-        self.max_message = max_message
-        self._buf = bytearray()
+        super().__init__(max_message)
         self._expect: list[Framing] = []
 
     def expect(self, framing: Framing) -> None:
@@ -148,21 +157,7 @@ class ResponseFramer:
             if self._expect:
                 self._expect.pop(0)
             return [Message(data, Framing.RAW)]
-        self._buf += data
-        out: list[Message] = []
-        while self._buf:
-            msg = self._next()
-            if msg is None:
-                break
-            out.append(msg)
-        return out
-
-    def flush(self) -> Message | None:
-        if not self._buf:
-            return None
-        msg = _unframed(self._buf, "truncated at end of stream")
-        self._buf.clear()
-        return msg
+        return self._drain(data)
 
     def _next(self) -> Message | None:
         buf = self._buf

@@ -197,7 +197,13 @@ class _Client(asyncio.Protocol):
             r.clients.discard(self)
             return
         self.up = up
-        log.debug("connection", conn=self.conn, channel=str(self.sm.channel), peer=self.peer)
+        log.info(
+            "connection opened",
+            conn=self.conn,
+            channel=str(self.sm.channel),
+            peer=self.peer,
+            upstream=self.upstream_text,
+        )
         r.pipeline.conn_open(
             ConnInfo(self.conn, self.sm.channel, self.peer, self.upstream_text, time.time())
         )
@@ -262,6 +268,7 @@ class _Client(asyncio.Protocol):
         self._finished = True
         self.relay.clients.discard(self)
         if self.up is not None:
+            log.info("connection closed", conn=self.conn)
             self.relay.pipeline.conn_close(self.conn, time.time())
 
 

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from conftest import ROOT, run_tool, start_sniff, start_swtpm, tpmsniff_cmd
 from scenarios import SECRET, nv_roundtrip, seal_unseal
+from workload import tools_seal_unseal
 
 from tpmsniff.annotate import Annotator
 from tpmsniff.inputs import frames_from_input
@@ -169,28 +170,9 @@ def test_tpm2_tools_default_leaks_and_sessions_fix_it(tpm, tmp_path):
         return run_tool(list(a), sniff.tcti, w, input).stdout
 
     try:
-        t("tpm2_createprimary", "-Q", "-C", "o", "-c", "prim.ctx")
-        t("tpm2_flushcontext", "-t")
-        t(
-            "tpm2_create",
-            "-Q",
-            "-C",
-            "prim.ctx",
-            "-i",
-            "-",
-            "-u",
-            "s.pub",
-            "-r",
-            "s.priv",
-            input=SECRET,
-        )
-        t("tpm2_flushcontext", "-t")
-        t("tpm2_load", "-Q", "-C", "prim.ctx", "-u", "s.pub", "-r", "s.priv", "-c", "s.ctx")
-        t("tpm2_flushcontext", "-t")
-        assert t("tpm2_unseal", "-c", "s.ctx") == SECRET
-        t("tpm2_flushcontext", "-t")
+        assert tools_seal_unseal(t, SECRET) == SECRET
         # now with a salted session and parameter encryption for the unseal
-        t("tpm2_load", "-Q", "-C", "prim.ctx", "-u", "s.pub", "-r", "s.priv", "-c", "s.ctx")
+        t("tpm2_load", "-Q", "-C", "prim.ctx", "-u", "seal.pub", "-r", "seal.priv", "-c", "s.ctx")
         t("tpm2_flushcontext", "-t")
         t("tpm2_startauthsession", "--hmac-session", "-c", "prim.ctx", "-S", "sess.ctx")
         t("tpm2_flushcontext", "-t")
