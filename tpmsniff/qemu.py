@@ -85,16 +85,17 @@ class QemuCtrlSession:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         up = self.relay.upstream
+        if up.kind == "unix":
+            usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            where: object = up.path
+        else:
+            usock = socket.socket(socket.AF_INET6 if ":" in up.host else socket.AF_INET)
+            where = (up.host, up.port)
+        usock.setblocking(False)
         try:
-            if up.kind == "unix":
-                usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                usock.setblocking(False)
-                await loop.sock_connect(usock, up.path)
-            else:
-                usock = socket.socket(socket.AF_INET6 if ":" in up.host else socket.AF_INET)
-                usock.setblocking(False)
-                await loop.sock_connect(usock, (up.host, up.port))
+            await loop.sock_connect(usock, where)
         except OSError as exc:
+            usock.close()
             log.warning(
                 "upstream connect failed; closing client",
                 conn=self.conn,
@@ -111,15 +112,12 @@ class QemuCtrlSession:
         log.info("qemu control channel", conn=self.conn)
         down = loop.create_task(self._from_swtpm())
         try:
-            await self._from_client(self.first, self.first_fds)
-            while not self._closed:
-                try:
-                    data, fds = await recv_with_fds(self.csock)
-                except OSError:
-                    break
-                if not data:
-                    break
+            data, fds = self.first, self.first_fds
+            while data and not self._closed:
                 await self._from_client(data, fds)
+                data, fds = await recv_with_fds(self.csock)
+        except OSError as exc:  # either side went away mid-message: close both
+            log.info("qemu control channel error", conn=self.conn, error=exc.strerror or str(exc))
         finally:
             writes, events = self.sm.client_eof()
             for w in writes:

@@ -136,8 +136,13 @@ class _Upstream(asyncio.Protocol):
             self.client.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.client.transport is not None and not self.client.paused:
-            self.client.transport.resume_reading()
+        c = self.client
+        if (
+            c.transport is not None
+            and not c.paused
+            and not getattr(c.relay.pipeline, "congested", False)
+        ):
+            c.transport.resume_reading()
 
 
 Connector = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.BaseTransport, Any]]]
@@ -165,6 +170,7 @@ class _Client(asyncio.Protocol):
         self.paused = False
         self._finished = False
         self._early: list[bytes] = []  # bytes that arrived before the upstream connected
+        self._connecting: asyncio.Task | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -178,7 +184,8 @@ class _Client(asyncio.Protocol):
             self.peer = f"unix:{self.relay.listen.path}"
         transport.pause_reading()  # until upstream is connected
         self.relay.clients.add(self)
-        asyncio.get_running_loop().create_task(self._connect())
+        # asyncio keeps only weak references to tasks: hold this one until it is done
+        self._connecting = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         r = self.relay
