@@ -118,6 +118,22 @@ def main() -> int:
     print("demo: tpm2-tools' default sessions do not encrypt parameters, so the secret crossed")
     print("      the bus in clear: see the Create command and Unseal response marked PLAINTEXT.")
     print(f"demo: annotated capture: {pcap}  (wireshark {pcap.relative_to(ROOT)})")
+    print("demo: what CI would say about it:")
+    cmd = [
+        "check",
+        str(pcap.relative_to(ROOT)),
+        "--secret",
+        SECRET.decode(),
+        "--require-encrypted",
+        "Create",
+        "--require-encrypted",
+        "Unseal",
+    ]
+    print(f"  $ tpmsniff {' '.join(cmd)}")
+    check = subprocess.run(
+        [sys.executable, "-m", "tpmsniff", *cmd], cwd=ROOT, capture_output=True, text=True
+    )
+    print("  " + check.stdout.replace("\n", "\n  ").rstrip() + f"\n  (exit {check.returncode})")
     return 0 if ok else 1
 
 

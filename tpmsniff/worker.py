@@ -47,6 +47,8 @@ class WorkerPipeline:
             code = 1
             try:
                 code = _child(r, make_pipeline)
+            except BaseException as exc:  # say why, then leave without running parent code
+                log.error("capture worker failed", error=repr(exc))
             finally:
                 os._exit(code)
         os.close(r)
