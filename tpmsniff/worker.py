@@ -74,8 +74,8 @@ def decode_event(buf: bytes | memoryview) -> tuple[int, float, Event]:
 
 
 FLUSH_DELAY = 0.0005  # s: records reach the worker within this, in batches
-HIGH_WATER = 2 << 20
-LOW_WATER = 512 << 10
+HIGH_WATER = 1 << 20
+LOW_WATER = 256 << 10
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -157,6 +157,7 @@ class WorkerPipeline:
             del self._out[:n]
             if self.congested and len(self._out) < LOW_WATER:
                 self._set_congested(False)
+        self._out = bytearray()  # drop the capacity a burst left behind
         self._stop_writer()
 
     def _set_congested(self, flag: bool) -> None:
