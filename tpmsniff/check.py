@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from tpm2_pytss.constants import TPM2_CC
 
 from .model import Channel, Direction, Frame, Verdict
-from .tpm import _command_layout, _response_layout
+from .tpm import command_layout, response_layout
 
 TPM_RS_PW = 0x40000009
 
@@ -55,10 +55,10 @@ class Requirement:
             if d not in ("command", "response"):
                 raise ValueError(f"{text!r}: direction is command or response")
             return cls(cc, canon, Direction(d))
-        cmd = _command_layout(cc)
+        cmd = command_layout(cc)
         if cmd is not None and cmd[1] is not None:
             return cls(cc, canon, Direction.COMMAND)
-        rsp = _response_layout(cc)
+        rsp = response_layout(cc)
         if rsp is not None and rsp[1] is not None:
             return cls(cc, canon, Direction.RESPONSE)
         raise ValueError(f"{canon} has no encryptable parameter in either direction")
@@ -151,7 +151,6 @@ class Checker:
     tpm_frames: int = 0
     seen: dict[Requirement, int] = field(default_factory=lambda: defaultdict(int))
     _streams: dict[tuple, bytearray] = field(default_factory=dict)
-    _stream_marks: dict[tuple, list[int]] = field(default_factory=dict)
     file: str | None = None
 
     def feed(self, f: Frame) -> list[Finding]:

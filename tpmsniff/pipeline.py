@@ -36,6 +36,9 @@ class Pipeline:
         self._scheduled = False
         self._broken: set[int] = set()
         self.frames_seen = 0
+        # Backpressure interface shared with WorkerPipeline; in-process work is never queued.
+        self.congested = False
+        self.pressure_listeners: list[Callable[[bool], None]] = []
         self.listeners: list[Callable[[Frame], None]] = []
 
     # -- called by the transport (cheap) -------------------------------------

@@ -60,7 +60,7 @@ def rc_text(rc: int) -> str:
 
 
 @cache
-def _command_layout(cc: int) -> tuple[int, str | None] | None:
+def command_layout(cc: int) -> tuple[int, str | None] | None:
     """(handle count, encryptable first-parameter type name) or None if pytss lacks cc."""
     try:
         cls = cp.tpm2_command.lookup_command_class(cc)
@@ -80,7 +80,7 @@ def _param_types(cc: int, command: bool) -> tuple:
 
 
 @cache
-def _response_layout(cc: int) -> tuple[int, str | None] | None:
+def response_layout(cc: int) -> tuple[int, str | None] | None:
     try:
         cls = cp.tpm2_response.lookup_response_class(cc)
     except TSS2_Exception:
@@ -124,7 +124,7 @@ def decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
         name = TPM12_NAMES.get(cc, f"TPM1.2 0x{cc:08x}")
         return TpmInfo(tag, size, cc, cc, name, header_only=True), None
     name = cc_name(cc)
-    layout = _command_layout(cc)
+    layout = command_layout(cc)
     if layout is None:
         return TpmInfo(tag, size, cc, cc, name, header_only=True), None
     nh, enc_type = layout
@@ -170,7 +170,7 @@ def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str |
         return TpmInfo(tag, size, rc, cc, name, rc_text=text, header_only=True), None
     if rc != 0:
         return TpmInfo(tag, size, rc, cc, name, rc_text=text), None
-    layout = _response_layout(cc)
+    layout = response_layout(cc)
     if layout is None:
         return TpmInfo(tag, size, rc, cc, name, rc_text=text, header_only=True), None
     nh, enc_type = layout

@@ -21,9 +21,11 @@ from typing import Any, Protocol
 import structlog
 
 from .addresses import Address
-from .channels import MAX_QUEUED_REQUESTS, Event
+from .channels import MAX_QUEUED_REQUESTS, CtrlChannel, Event
 from .model import Channel
 from .pipeline import Pipeline
+from .qemu import QemuCtrlSession, recv_with_fds
+from .roles import detect_role
 from .sinks.base import ConnInfo
 
 log = structlog.get_logger("tpmsniff.relay")
@@ -122,8 +124,7 @@ class _Upstream(asyncio.Protocol):
             c.relay.pipeline.events(c.conn, time.time(), events)
         if c.paused and c.sm.backlog < MAX_QUEUED_REQUESTS // 2:
             c.paused = False
-            if not getattr(c.relay.pipeline, "congested", False):
-                c.transport.resume_reading()  # type: ignore[union-attr]
+            c.resume()
 
     def eof_received(self) -> bool:
         return False
@@ -136,13 +137,7 @@ class _Upstream(asyncio.Protocol):
             self.client.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        c = self.client
-        if (
-            c.transport is not None
-            and not c.paused
-            and not getattr(c.relay.pipeline, "congested", False)
-        ):
-            c.transport.resume_reading()
+        self.client.resume()
 
 
 Connector = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.BaseTransport, Any]]]
@@ -220,8 +215,12 @@ class _Client(asyncio.Protocol):
         if self.closed:  # the client left before the upstream was up: pass its EOF on
             self.connection_lost(None)
             return
-        if not getattr(r.pipeline, "congested", False):
-            self.transport.resume_reading()  # type: ignore[union-attr]
+        self.resume()
+
+    def resume(self) -> None:
+        """Read the client again, unless its own queue or the capture worker is full."""
+        if self.transport is not None and not self.paused and not self.relay.pipeline.congested:
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.up is None:  # reading is paused, but one read may already be in flight
@@ -313,8 +312,7 @@ class Relay:
         self._lsock: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
-        if hasattr(pipeline, "pressure_listeners"):
-            pipeline.pressure_listeners.append(self._pressure)
+        pipeline.pressure_listeners.append(self._pressure)
 
     def _pressure(self, congested: bool) -> None:
         """Worker backpressure: stop reading clients while the capture queue is full."""
@@ -323,8 +321,8 @@ class Relay:
                 continue
             if congested:
                 c.transport.pause_reading()
-            elif not c.paused:
-                c.transport.resume_reading()
+            else:
+                c.resume()
 
     @property
     def busy(self) -> bool:
@@ -393,9 +391,6 @@ class Relay:
 
     async def _detect(self, sock: socket.socket) -> None:
         """Read the first chunk (with any fds) and hand the connection to its role."""
-        from .qemu import QemuCtrlSession, recv_with_fds
-        from .roles import detect_role
-
         try:
             data, fds = await recv_with_fds(sock)
         except OSError as exc:
@@ -415,8 +410,6 @@ class Relay:
         for fd in fds:
             os.close(fd)
         if role == "ctrl":
-            from .channels import CtrlChannel
-
             machine: ChannelMachine = CtrlChannel()
         else:
             machine = self.machine()
