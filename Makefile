@@ -45,7 +45,7 @@ bench: venv ## latency/throughput vs direct and socat, RSS growth
 	$(PY) bench/bench.py
 
 man: venv ## regenerate docs/tpmsniff.1 from the argument parsers
-	$(PY) -m tpmsniff.manpage > docs/tpmsniff.1
+	$(PY) -m tpmsniff.cli.manpage > docs/tpmsniff.1
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

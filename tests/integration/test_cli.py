@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, free_port, start_sniff, start_swtpm, tpmsniff_cmd
 
 from tpmsniff import __version__
-from tpmsniff.pcapread import read_pcapng
+from tpmsniff.inputs.pcapng import read_pcapng
 
 pytestmark = pytest.mark.integration
 

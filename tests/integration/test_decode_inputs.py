@@ -20,10 +20,10 @@ from conftest import ROOT, require, run_tool, start_sniff, start_swtpm, tpmsniff
 from test_relay_tools import log_sequence, tshark_fields
 from workload import SECRET, tpm2tools_workload
 
-from tpmsniff.annotate import Annotator
+from tpmsniff.codec.annotate import Annotator
 from tpmsniff.inputs import frames_from_input
+from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.model import Channel, Direction
-from tpmsniff.pcapread import read_pcapng
 
 pytestmark = pytest.mark.integration
 GETRANDOM = bytes.fromhex("80010000000c0000017b0010")

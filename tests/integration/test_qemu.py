@@ -14,11 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from captured import messages
 from conftest import Sniff, require, start_sniff, wait_for
 
-from tpmsniff.pcapread import messages, read_pcapng
-from tpmsniff.sinks.pcapng import CTRL_PORT
-from tpmsniff.swtpmlog import parse_file
+from tpmsniff.inputs.pcapng import read_pcapng
+from tpmsniff.inputs.swtpmlog import parse_file
+from tpmsniff.model import CTRL_PORT
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,11 @@ import socket
 import time
 
 import pytest
+from captured import messages
 from conftest import run_tool, start_sniff, start_swtpm, wait_for
 
-from tpmsniff.pcapread import messages, read_pcapng
-from tpmsniff.swtpmlog import parse_file
+from tpmsniff.inputs.pcapng import read_pcapng
+from tpmsniff.inputs.swtpmlog import parse_file
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from captured import messages
 from conftest import require, start_sniff, start_swtpm
 from workload import NV_DATA, SECRET, tpm2tools_workload
 
-from tpmsniff.pcapread import messages, read_pcapng
-from tpmsniff.sinks.pcapng import CTRL_PORT
-from tpmsniff.swtpmlog import parse_file
+from tpmsniff.inputs.pcapng import read_pcapng
+from tpmsniff.inputs.swtpmlog import parse_file
+from tpmsniff.model import CTRL_PORT
 
 pytestmark = pytest.mark.integration
 

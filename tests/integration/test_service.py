@@ -12,12 +12,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from captured import messages
 from conftest import ROOT, require, run_tool, start_sniff, start_swtpm, tpmsniff_cmd, wait_for
 from test_relay_tools import log_sequence
 from workload import SECRET, tpm2tools_workload
 
-from tpmsniff.manpage import render
-from tpmsniff.pcapread import messages, read_pcapng
+from tpmsniff.cli.manpage import render
+from tpmsniff.inputs.pcapng import read_pcapng
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +46,10 @@ def test_units_verify(tmp_path):
 
 def test_man_page_matches_help():
     page = (ROOT / "docs" / "tpmsniff.1").read_text()
-    assert page == render(), "regenerate: python -m tpmsniff.manpage > docs/tpmsniff.1"
-    from tpmsniff import checkcmd, decodecmd
-    from tpmsniff.cli import build_parser
+    assert page == render(), "regenerate: make man > docs/tpmsniff.1"
+    from tpmsniff.cli import check as checkcmd
+    from tpmsniff.cli import decode as decodecmd
+    from tpmsniff.cli.daemon import build_parser
 
     for parser in (build_parser(), decodecmd.build_parser(), checkcmd.build_parser()):
         for action in parser._actions:

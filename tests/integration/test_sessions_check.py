@@ -15,7 +15,7 @@ from conftest import ROOT, run_tool, start_sniff, start_swtpm, tpmsniff_cmd
 from scenarios import SECRET, nv_roundtrip, seal_unseal
 from workload import tools_seal_unseal
 
-from tpmsniff.annotate import Annotator
+from tpmsniff.codec.annotate import Annotator
 from tpmsniff.inputs import frames_from_input
 from tpmsniff.model import Direction, Verdict
 from tpmsniff.sinks.pcapng import PcapngSink

@@ -1,6 +1,6 @@
 import pytest
 
-from tpmsniff.addresses import Address, AddressError, parse_address
+from tpmsniff.transport.addresses import Address, AddressError, parse_address
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tpmsniff.channels import CtrlChannel
-from tpmsniff.ctrl import CtrlRequestFramer, decode_request, decode_response, response_length
+from tpmsniff.codec.channels import CtrlChannel
+from tpmsniff.codec.ctrl import CtrlRequestFramer, decode_request, decode_response, response_length
 
 
 def h(s: str) -> bytes:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from conftest import DATA
 
-from tpmsniff.annotate import Annotator
-from tpmsniff.channels import Event
-from tpmsniff.framing import Message
-from tpmsniff.model import Channel, Direction, Framing, Verdict
-from tpmsniff.swtpmlog import parse_file
-from tpmsniff.tpm import decode_command, decode_response, rc_text
+from tpmsniff.codec.annotate import Annotator
+from tpmsniff.codec.tpm import decode_command, decode_response, rc_text
+from tpmsniff.inputs.swtpmlog import parse_file
+from tpmsniff.model import Channel, Direction, Event, Framing, Message, Verdict
 
 LOG = DATA / "tpm2tools-workload.swtpm.log"
 

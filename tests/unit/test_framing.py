@@ -7,8 +7,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tpmsniff.channels import DataChannel
-from tpmsniff.framing import RequestFramer, ResponseFramer
+from tpmsniff.codec.channels import DataChannel
+from tpmsniff.codec.framing import RequestFramer, ResponseFramer
 from tpmsniff.model import Framing
 
 GETRANDOM = bytes.fromhex("80010000000c0000017b0008")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import io
 
-from tpmsniff.annotate import Annotator
-from tpmsniff.channels import Event
-from tpmsniff.framing import Message
-from tpmsniff.model import Channel, Direction, Framing
-from tpmsniff.pcapread import messages, read_pcapng
-from tpmsniff.sinks.base import ConnInfo
+from captured import messages
+
+from tpmsniff.codec.annotate import Annotator
+from tpmsniff.inputs.pcapng import read_pcapng
+from tpmsniff.model import Channel, ConnInfo, Direction, Event, Framing, Message
 from tpmsniff.sinks.console import ConsoleSink, hexdump
 from tpmsniff.sinks.pcapng import PcapngSink
 

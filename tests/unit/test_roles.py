@@ -1,6 +1,6 @@
 import pytest
 
-from tpmsniff.roles import detect_role
+from tpmsniff.codec.roles import detect_role
 
 
 @pytest.mark.parametrize(

@@ -1,29 +1,31 @@
 """Human console: EVE-style headers plus an xxd-style hexdump, or one line per message.
 
-The only place in tpmsniff that prints. Colour only on a TTY (and not with NO_COLOR).
+Colour only on a TTY (and not with NO_COLOR).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import TextIO
 
-from ..ctrl import BLOB_TYPES
-from ..describe import ctrl_fields, one_line, session_text
-from ..model import Channel, Direction, Frame, Verdict
-from .base import BaseSink, ConnInfo
-
-RESET, BOLD, DIM, RED, GREEN, YELLOW, CYAN = (
-    "\033[0m",
-    "\033[1m",
-    "\033[2m",
-    "\033[31m",
-    "\033[32m",
-    "\033[33m",
-    "\033[36m",
+from ..codec.ctrl import BLOB_TYPES
+from ..model import Channel, ConnInfo, Direction, Frame, Verdict
+from .base import BaseSink
+from .text import (
+    BOLD,
+    CYAN,
+    DIM,
+    GREEN,
+    RED,
+    RESET,
+    YELLOW,
+    ctrl_fields,
+    one_line,
+    session_text,
+    wants_colour,
 )
+
 VERDICT_STYLE = {
     Verdict.ENCRYPTED: GREEN + BOLD,
     Verdict.WEAK: YELLOW + BOLD,
@@ -57,9 +59,7 @@ class ConsoleSink(BaseSink):
     ):
         self.mode = mode
         self.out = out or sys.stdout
-        if colour is None:
-            colour = self.out.isatty() and "NO_COLOR" not in os.environ
-        self.colour = colour
+        self.colour = wants_colour(self.out) if colour is None else colour
 
     def _c(self, style: str, text: str) -> str:
         return f"{style}{text}{RESET}" if self.colour else text
@@ -70,10 +70,6 @@ class ConsoleSink(BaseSink):
             self.out.flush()
         except (OSError, ValueError):
             pass  # a closed stdout must never stop the relay
-
-    def alert(self, text: str) -> None:
-        """A check violation, printed where the user is looking."""
-        self._print(self._c(RED + BOLD, f"!!! {text}"))
 
     def conn_open(self, info: ConnInfo) -> None:
         if self.mode == "hexdump":

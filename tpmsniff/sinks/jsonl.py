@@ -6,8 +6,8 @@ import json
 import os
 from typing import TextIO
 
+from ..codec.tpm import attrs_text
 from ..model import Direction, Frame
-from ..tpm import attrs_text
 from .base import BaseSink
 
 
@@ -102,7 +102,9 @@ class JsonlSink(BaseSink):
         return os.fdopen(fd, "w", encoding="utf-8")
 
     def control(self, what: str) -> None:
-        if what == "reopen" and self._own:  # SIGHUP: logrotate moved the file away
+        if what.startswith("input "):  # offline: the file the next frames come from
+            self.file = what.removeprefix("input ")
+        elif what == "reopen" and self._own:  # SIGHUP: logrotate moved the file away
             self.out.close()
             self.out = self._open(os.O_APPEND)
 

@@ -22,14 +22,12 @@ import structlog
 from dpkt import pcapng
 
 from .. import __version__
-from ..describe import one_line
-from ..model import Channel, Direction, Frame, Framing
-from .base import BaseSink, ConnInfo
+from ..model import CTRL_PORT, TPM_PORT, Channel, ConnInfo, Direction, Frame, Framing
+from .base import BaseSink
+from .text import one_line
 
 log = structlog.get_logger("tpmsniff.pcapng")
 
-TPM_PORT = 2321
-CTRL_PORT = 2326
 CLIENT_PORT_BASE = 50000
 CLIENT_PORTS = 15000  # 50000..64999, then the client address moves on
 MAX_SEGMENT = 65000  # IPv4 payload limit; only control state blobs get near it

@@ -1,0 +1,138 @@
+"""The secret checker: does a secret cross the TPM bus, and was what must be encrypted?
+
+One `Checker` serves `tpmsniff check` (files), the live relay (`--secret`) and the pytest
+plugin. It never passes vacuously: no TPM message, or none of the required commands,
+is a failure unless the caller allows it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ..model import Channel, Frame, Verdict
+from .findings import Finding, field_at
+from .requirements import Requirement
+from .secrets import Secret
+
+
+@dataclass
+class Checker:
+    secrets: list[Secret] = field(default_factory=list)
+    requires: list[Requirement] = field(default_factory=list)
+    allow_weak: bool = False
+    allow_empty: bool = False
+    findings: list[Finding] = field(default_factory=list)
+    tpm_frames: int = 0
+    seen: dict[Requirement, int] = field(default_factory=lambda: defaultdict(int))
+    _streams: dict[tuple, bytearray] = field(default_factory=dict)
+    file: str | None = None
+
+    def feed(self, f: Frame) -> list[Finding]:
+        new: list[Finding] = []
+        if f.channel is Channel.TPM and f.tpm is not None:
+            self.tpm_frames += 1
+        for sec in self.secrets:
+            new += self._search(f, sec)
+        new += self._require(f)
+        self.findings += new
+        return new
+
+    def _base(self, f: Frame) -> dict:
+        return dict(
+            frame=f.seq, conn=f.conn, command=f.name, direction=str(f.direction), file=self.file
+        )
+
+    def _search(self, f: Frame, sec: Secret) -> list[Finding]:
+        out = []
+        for enc, needle in sec.encodings():
+            if not needle:
+                continue
+            start = f.raw.find(needle)
+            if start >= 0:
+                how = "" if enc == "raw" else f" ({enc}-encoded)"
+                out.append(
+                    Finding(
+                        "secret",
+                        f"secret {sec.label!r}{how} in clear",
+                        offset=start,
+                        field=field_at(f, start),
+                        **self._base(f),
+                    )
+                )
+            rec = f.tpm.param.recovered if f.tpm is not None else None
+            if rec and needle in rec:
+                out.append(
+                    Finding(
+                        "secret",
+                        f"secret {sec.label!r} recovered by decrypting a weak session",
+                        offset=rec.find(needle),
+                        field="parameter[0] (recovered by decryption)",
+                        **self._base(f),
+                    )
+                )
+        # across message boundaries within one direction of one stream
+        key = (f.conn, f.direction, sec.label)
+        buf = self._streams.setdefault(key, bytearray())
+        before = len(buf)
+        buf += f.raw
+        n = len(sec.value)
+        if n > 1 and before:
+            window_start = max(0, before - n + 1)
+            idx = bytes(buf[window_start:]).find(sec.value)
+            if idx >= 0 and window_start + idx < before:
+                out.append(
+                    Finding(
+                        "secret",
+                        f"secret {sec.label!r} spans a message boundary",
+                        offset=window_start + idx - before,
+                        field="stream",
+                        **self._base(f),
+                    )
+                )
+        del buf[: max(0, len(buf) - (n - 1))]  # keep only what can still start a match
+        return out
+
+    def _require(self, f: Frame) -> list[Finding]:
+        if f.tpm is None or f.channel is not Channel.TPM:
+            return []
+        out = []
+        for r in self.requires:
+            if f.tpm.cc != r.cc or f.direction is not r.direction:
+                continue
+            p = f.tpm.param
+            if p.verdict is Verdict.NA:
+                continue  # an error response or an empty buffer: nothing crossed
+            self.seen[r] += 1
+            if p.verdict is Verdict.ENCRYPTED:
+                continue
+            if p.verdict is Verdict.WEAK:
+                if not self.allow_weak:
+                    out.append(
+                        Finding(
+                            "weak", f"{r} is only WEAK-ly encrypted ({p.strength})", **self._base(f)
+                        )
+                    )
+                continue
+            out.append(
+                Finding("not-encrypted", f"{r} is {p.verdict}, required ENCRYPTED", **self._base(f))
+            )
+        return out
+
+    def finish(self) -> list[Finding]:
+        """Final findings: vacuity guards. Call once, after the last frame."""
+        end: list[Finding] = []
+        if not self.allow_empty:
+            if self.tpm_frames == 0:
+                end.append(Finding("empty", "no TPM messages seen", file=self.file))
+            for r in self.requires:
+                if self.seen.get(r, 0) == 0:
+                    end.append(
+                        Finding("not-seen", f"no {r} message with a parameter seen", file=self.file)
+                    )
+        self.findings += end
+        return end
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.findings)

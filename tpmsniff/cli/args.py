@@ -1,0 +1,78 @@
+"""Arguments shared by the daemon, `decode` and `check`: secrets, requirements, --auth."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..check.checker import Checker
+from ..check.requirements import Requirement
+from ..check.secrets import Secret
+from ..codec.sessions import parse_auth
+
+
+def add_auth_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--auth",
+        action="append",
+        default=[],
+        metavar="HANDLE=VALUE",
+        help="authValue for weak-session decryption (text, or hex:…)",
+    )
+
+
+def add_secret_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a secret that must not cross the bus in clear (repeatable)",
+    )
+    p.add_argument("--secret-hex", action="append", default=[], metavar="HEX")
+    p.add_argument("--secret-file", action="append", default=[], metavar="FILE")
+    p.add_argument(
+        "--require-encrypted",
+        action="append",
+        default=[],
+        metavar="NAME[:command|:response]",
+        help="fail unless every such message is ENCRYPTED (TPM2_CC name, "
+        "case-insensitive; default direction: the one the name implies)",
+    )
+    p.add_argument(
+        "--allow-weak",
+        action="store_true",
+        help="count WEAK (unsalted, unbound) encryption as encrypted",
+    )
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="do not fail when no TPM message, or no required command, was seen",
+    )
+    add_auth_arg(p)
+
+
+def build_checker(args: argparse.Namespace) -> tuple[Checker, dict[int, bytes]]:
+    """Raises ValueError with a one-line message on bad arguments."""
+    secrets = [Secret(s, s.encode()) for s in args.secret]
+    for h in args.secret_hex:
+        try:
+            secrets.append(Secret(f"hex:{h}", bytes.fromhex(h)))
+        except ValueError:
+            raise ValueError(f"--secret-hex {h!r}: not hex") from None
+    for fname in args.secret_file:
+        try:
+            secrets.append(Secret(fname, Path(fname).read_bytes()))
+        except OSError as exc:
+            raise ValueError(f"--secret-file {fname}: {exc.strerror}") from None
+    if any(not s.value for s in secrets):
+        raise ValueError("a secret is empty")
+    requires = [Requirement.parse(r) for r in args.require_encrypted]
+    auth = dict(parse_auth(a) for a in args.auth)
+    checker = Checker(
+        secrets,
+        requires,
+        allow_weak=args.allow_weak,
+        allow_empty=args.allow_empty,
+    )
+    return checker, auth

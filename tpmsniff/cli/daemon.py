@@ -1,0 +1,380 @@
+"""Command line: `tpmsniff --listen ADDR --upstream ADDR [...]`.
+
+Exit codes: 0 clean stop; 2 usage error; 3 cannot start (listen address taken or
+unusable, upstream unreachable, capture file not writable). Errors are one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import structlog
+
+from .. import __version__
+from ..codec.annotate import Annotator
+from ..codec.channels import CtrlChannel, DataChannel
+from ..codec.framing import DEFAULT_MAX_MESSAGE
+from ..model import FrameConsumer
+from ..pipeline import FramePipeline, InProcessPipeline, WorkerPipeline
+from ..sinks.check import CheckSink
+from ..sinks.console import ConsoleSink
+from ..sinks.jsonl import JsonlSink
+from ..sinks.pcapng import PcapngSink, parse_rotate
+from ..transport.addresses import Address, AddressError, parse_address
+from ..transport.conn import ConnCounter
+from ..transport.endpoints import check_unix_upstream, check_upstream
+from ..transport.errors import StartupError
+from ..transport.notify import notify
+from ..transport.relay import Relay
+from .args import add_secret_args, build_checker
+from .logs import configure
+
+EXIT_OK, EXIT_USAGE, EXIT_STARTUP = 0, 2, 3
+log = structlog.get_logger("tpmsniff")
+
+DESCRIPTION = """\
+Relay a TPM client to swtpm, unchanged, while decoding every TPM 2.0 command and
+response: QEMU's -tpmdev emulator (its control channel, with the data channel's fd
+substituted), tpm2-tools or any TSS through the swtpm TCTI, or a raw (or MS-simulator
+framed) client.
+
+ADDR is PATH or unix:PATH (Unix stream socket), or tcp:HOST:PORT or HOST:PORT (TCP).
+The swtpm TCTI opens its control channel at PORT+1 or PATH.ctrl; tpmsniff listens there
+too and relays to the upstream's companion when that exists at start-up.
+
+Offline: `tpmsniff decode INPUT...` and `tpmsniff check INPUT... --secret ...`
+(see `tpmsniff decode --help`, `tpmsniff check --help`)."""
+
+EPILOG = """\
+examples:
+  swtpm socket --tpm2 --server type=tcp,port=2321 --ctrl type=tcp,port=2322 \\
+        --flags not-need-init,startup-clear &
+  tpmsniff --listen tcp:127.0.0.1:3321 --upstream tcp:127.0.0.1:2321 --pcap out.pcapng
+  TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port=3321 tpm2_getrandom 8
+
+exit codes:
+  0  stopped cleanly (SIGTERM/SIGINT)
+  1  stopped cleanly, but a live check (--secret, --require-encrypted) found a violation
+  2  usage error
+  3  cannot start: listen address in use or not a socket, upstream unreachable,
+     capture file not writable"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        self.exit(EXIT_USAGE, f"tpmsniff: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="tpmsniff",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"tpmsniff {__version__}")
+    p.add_argument("--listen", required=True, metavar="ADDR", help="where clients connect")
+    p.add_argument(
+        "--upstream",
+        required=True,
+        metavar="ADDR",
+        help="swtpm's socket: --ctrl for QEMU, --server for data clients",
+    )
+    p.add_argument(
+        "--listen-ctrl",
+        metavar="ADDR|none",
+        help="control-channel listen address (default: companion of --listen, "
+        "if the upstream companion exists)",
+    )
+    p.add_argument(
+        "--upstream-ctrl",
+        metavar="ADDR",
+        help="upstream control address (default: companion of --upstream)",
+    )
+    p.add_argument("--pcap", metavar="FILE", help="write an annotated pcapng (mode 0600)")
+    p.add_argument("--jsonl", metavar="FILE", help="write one JSON object per message")
+    p.add_argument(
+        "--console",
+        choices=("hexdump", "summary", "none"),
+        default="hexdump",
+        help="console output (default: hexdump)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="format of log events on stderr (default: console)",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument(
+        "--max-message",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE,
+        metavar="N",
+        help="largest TPM message framed, excluding MS-sim prefix (default: 4096); "
+        "larger ones are relayed unframed",
+    )
+    p.add_argument(
+        "--listen-mode",
+        type=lambda s: int(s, 8),
+        metavar="OCTAL",
+        help="permissions of Unix listen sockets, e.g. 0660",
+    )
+    p.add_argument(
+        "--pcap-rotate",
+        metavar="size=N[K|M|G][,count=N]",
+        help="ring buffer like dumpcap -b: a new file every N bytes, keeping at most count "
+        "files named FILE_NNNNN_YYYYmmddHHMMSS.pcapng",
+    )
+    p.add_argument(
+        "--listen-owner",
+        metavar="USER[:GROUP]",
+        help="owner of Unix listen sockets (e.g. so a QEMU running as another user can connect)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("auto", "qemu", "swtpm"),
+        default="auto",
+        help="what connects to --listen: auto (detect per connection, default), qemu "
+        "(QEMU -tpmdev emulator control channel; --upstream is swtpm's --ctrl socket) or "
+        "swtpm (TPM data channel; --upstream is swtpm's --server socket)",
+    )
+    add_secret_args(p)
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="decode and write outputs in the relay process (default: a worker process, "
+        "so the relay never waits on them)",
+    )
+    return p
+
+
+def _addr(text: str, what: str) -> Address:
+    try:
+        return parse_address(text)
+    except AddressError as exc:
+        raise StartupError(f"{what}: {exc}") from None
+
+
+async def _companion(
+    args: argparse.Namespace, listen: Address, upstream: Address
+) -> tuple[Address, Address] | None:
+    if args.listen_ctrl == "none":
+        return None
+    lc = _addr(args.listen_ctrl, "--listen-ctrl") if args.listen_ctrl else listen.companion()
+    if args.upstream_ctrl:
+        uc = _addr(args.upstream_ctrl, "--upstream-ctrl")
+        await check_upstream(uc)
+        return lc, uc
+    uc = upstream.companion()
+    try:
+        if uc.kind == "unix":
+            check_unix_upstream(uc)
+        else:
+            await check_upstream(uc, timeout=1.0)
+    except StartupError:
+        if args.listen_ctrl:
+            raise
+        log.info("no upstream control channel; not relaying one", upstream_ctrl=str(uc))
+        return None
+    return lc, uc
+
+
+def parse_owner(text: str) -> tuple[int, int]:
+    """USER[:GROUP] -> (uid, gid); -1 keeps the current one."""
+    import grp
+    import pwd
+
+    user, _, group = text.partition(":")
+    try:
+        uid = pwd.getpwnam(user).pw_uid if user else -1
+        gid = grp.getgrnam(group).gr_gid if group else -1
+    except KeyError as exc:
+        raise StartupError(f"--listen-owner {text}: no such user or group {exc}") from None
+    return uid, gid
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail at start (exit 3) if an output file cannot be created, before forking."""
+    if args.pcap_rotate:
+        if not args.pcap:
+            raise StartupError("--pcap-rotate needs --pcap")
+        try:
+            parse_rotate(args.pcap_rotate)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        folder = os.path.dirname(os.path.abspath(args.pcap))
+        if not os.access(folder, os.W_OK):
+            raise StartupError(f"capture directory {folder}: not writable")
+        return  # the ring's files are named from --pcap
+    for path in (args.pcap, args.jsonl):
+        if path:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise StartupError(f"capture {path}: {exc.strerror}") from None
+            os.close(fd)
+
+
+def make_sinks(args: argparse.Namespace) -> list[FrameConsumer]:
+    sinks: list[FrameConsumer] = []
+    console = None
+    if args.console != "none":
+        console = ConsoleSink(args.console)
+        sinks.append(console)
+    if args.pcap:
+        sinks.append(
+            PcapngSink(args.pcap, parse_rotate(args.pcap_rotate) if args.pcap_rotate else None)
+        )
+    if args.jsonl:
+        sinks.append(JsonlSink(args.jsonl))
+    if args.secret or args.secret_hex or args.secret_file or args.require_encrypted:
+        checker, _ = build_checker(args)
+        sinks.append(CheckSink(checker, console.out if console is not None else None))
+    return sinks
+
+
+def make_pipeline(args: argparse.Namespace, extra: Sequence[FrameConsumer] = ()) -> FramePipeline:
+    """Decoding and sinks run in a worker process unless --in-process is given. `extra`
+    sinks (the pytest plugin's collector) need --in-process to be of use."""
+    try:
+        _, auth = build_checker(args)  # validate --secret*/--auth before forking
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    if args.in_process:
+        return InProcessPipeline([*make_sinks(args), *extra], Annotator(auth))
+    return WorkerPipeline(
+        lambda: InProcessPipeline([*make_sinks(args), *extra], Annotator(auth), deferred=False)
+    )
+
+
+def reopen(pipeline: FramePipeline) -> None:
+    """SIGHUP: start a new capture file at the configured path (logrotate `create`)."""
+    log.info("SIGHUP: reopening capture files")
+    pipeline.control("reopen")
+
+
+async def serve(
+    args: argparse.Namespace,
+    pipeline: FramePipeline,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[list[Relay]], None] | None = None,
+) -> int:
+    """Run the relays until SIGTERM/SIGINT (or `stop` is set, for in-process use)."""
+    listen = _addr(args.listen, "--listen")
+    upstream = _addr(args.upstream, "--upstream")
+    owner = parse_owner(args.listen_owner) if args.listen_owner else None
+    await check_upstream(upstream)
+    companion = await _companion(args, listen, upstream)
+    counter = ConnCounter()
+    relays = [
+        Relay(
+            listen,
+            upstream,
+            lambda: DataChannel(args.max_message),
+            pipeline,
+            counter,
+            role={"auto": "auto", "qemu": "qemu", "swtpm": "data"}[args.mode],
+            listen_mode=args.listen_mode,
+            listen_owner=owner,
+        )
+    ]
+    if companion:
+        relays.append(
+            Relay(
+                companion[0],
+                companion[1],
+                CtrlChannel,
+                pipeline,
+                counter,
+                role="ctrl",
+                listen_mode=args.listen_mode,
+                listen_owner=owner,
+            )
+        )
+    try:
+        for r in relays:
+            await r.start()
+    except StartupError:
+        for r in relays:
+            r.stop_accepting()
+        raise
+    log.info(
+        "ready",
+        listen=str(listen),
+        upstream=str(upstream),
+        ctrl=f"{companion[0]} -> {companion[1]}" if companion else None,
+        pcap=args.pcap,
+        version=__version__,
+    )
+    notify("READY=1")
+    if ready is not None:
+        ready(relays)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: reopen(pipeline))
+    await stop.wait()
+    notify("STOPPING=1")
+    log.info("stopping", busy=any(r.busy for r in relays))
+    for r in relays:
+        r.stop_accepting()
+    for _ in range(40):  # let in-flight request/response pairs finish (<= 2 s)
+        if not any(r.busy for r in relays):
+            break
+        await asyncio.sleep(0.05)
+    for r in relays:
+        r.close_all()
+    await asyncio.sleep(0)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("check", "decode"):
+        configure("console", "warning")
+        if argv[0] == "check":
+            from . import check as sub
+        else:
+            from . import decode as sub
+        return sub.main(argv[1:])
+    args = build_parser().parse_args(argv)
+    configure(args.log_format, args.log_level)
+    pipeline = None
+    sink_code = 0
+    try:
+        check_outputs(args)
+        pipeline = make_pipeline(args)  # forks the worker: before any event loop exists
+        code = run_loop(serve(args, pipeline))
+    except StartupError as exc:
+        print(f"tpmsniff: error: {exc}", file=sys.stderr)
+        code = EXIT_STARTUP
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    finally:
+        if pipeline is not None:
+            sink_code = pipeline.close()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+    if code == EXIT_OK:
+        code = sink_code
+        log.info("stopped", exit_code=code)
+    return code
+
+
+def run_loop(coro: Coroutine[Any, Any, int]) -> int:
+    """uvloop when installed (it roughly halves the relay's own overhead), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -1,0 +1,87 @@
+"""Turns framed events into annotated `Frame`s: decoding, command/response pairing, locality.
+
+Stateful but I/O-free: one `Annotator` per upstream TPM (locality and, later, sessions are
+properties of the TPM, not of one client connection).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..model import Channel, Direction, Event, Frame, Framing, TpmInfo
+from . import ctrl
+from .sessions import SessionTracker
+from .tpm import decode_command, decode_response
+
+_SET_LOCALITY = 0x05
+
+
+class Annotator:
+    def __init__(self, auth: dict[int, bytes] | None = None) -> None:
+        self.sessions = SessionTracker(auth)
+        self._seq = 0
+        self._commands: dict[int, deque[TpmInfo | None]] = {}
+        self._ctrl_locality: dict[int, int] = {}  # conn -> requested locality
+        self.locality: int | None = None  # last locality the TPM accepted
+
+    def close(self, conn: int) -> None:
+        self._commands.pop(conn, None)
+        self._ctrl_locality.pop(conn, None)
+
+    def annotate(self, conn: int, ts: float, ev: Event, number: int | None = None) -> Frame:
+        """`number`: the input's own frame number (offline), else a running count."""
+        self._seq += 1
+        m = ev.message
+        base = dict(
+            seq=self._seq if number is None else number,
+            conn=conn,
+            channel=ev.channel,
+            direction=ev.direction,
+            ts=ts,
+            raw=m.raw,
+            framing=m.framing,
+            prefix=m.prefix,
+        )
+        try:
+            return self._annotate(conn, ev, base)
+        except Exception as exc:  # a decoder bug is an annotation, never a crash
+            return Frame(**base, error=f"internal decode error: {exc!r}")
+
+    def _annotate(self, conn: int, ev: Event, base: dict) -> Frame:
+        m = ev.message
+        if ev.channel is Channel.CTRL:
+            return self._ctrl(conn, ev, base)
+        if m.framing is Framing.UNFRAMED:
+            if ev.direction is Direction.RESPONSE:
+                self._pop(conn)
+            return Frame(**base, error=f"unframed: {m.note}")
+        body = m.raw[m.prefix :]
+        if ev.direction is Direction.COMMAND:
+            if m.locality is not None:
+                self.locality = m.locality  # MS-sim locality persists in swtpm
+            info, err = decode_command(body)
+            if not info.header_only:
+                info = self.sessions.on_command(conn, info, body)
+            self._commands.setdefault(conn, deque()).append(info)
+            return Frame(**base, locality=self.locality, tpm=info, error=err)
+        info, err = decode_response(body, self._pop(conn))
+        if not info.header_only:
+            info = self.sessions.on_response(conn, info, body)
+        return Frame(**base, locality=self.locality, tpm=info, error=err)
+
+    def _pop(self, conn: int) -> TpmInfo | None:
+        q = self._commands.get(conn)
+        return q.popleft() if q else None
+
+    def _ctrl(self, conn: int, ev: Event, base: dict) -> Frame:
+        m = ev.message
+        if ev.direction is Direction.COMMAND:
+            info = ctrl.decode_request(m.raw)
+            if info.cmd == _SET_LOCALITY and "locality" in info.fields:
+                self._ctrl_locality[conn] = int(info.fields["locality"])  # type: ignore[arg-type]
+        else:
+            info = ctrl.decode_response(ev.ctrl_cmd, m.raw)
+            if ev.ctrl_cmd == _SET_LOCALITY and info.result == 0 and conn in self._ctrl_locality:
+                self.locality = self._ctrl_locality.pop(conn)
+        err = f"unframed: {m.note}" if m.framing is Framing.UNFRAMED else None
+        return Frame(**base, ctrl=info, error=err)

@@ -1,0 +1,173 @@
+"""Offline captures: pcapng and classic pcap of any common link type.
+
+Captures are reassembled per TCP direction (retransmissions and out-of-order segments
+handled) and replayed into the same channel machines as the live relay, which split and
+join segments into messages by the TPM size field.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import dpkt
+
+from ..codec.annotate import Annotator
+from ..codec.channels import CtrlChannel, DataChannel, channel_for
+from ..codec.roles import detect_role
+from ..model import CTRL_PORT, TPM_PORT, Frame
+from .detect import InputError
+from .pcapng import CaptureError, read_pcapng
+
+TPM_PORTS = {TPM_PORT, TPM_PORT + 1, CTRL_PORT}
+RAW_IP = {12, 14, 101, 228}
+
+
+# -- link layers -------------------------------------------------------------------
+def ip_packet(linktype: int, data: bytes):
+    """The IP packet inside a frame of `linktype`, or None if it carries none."""
+    if linktype == 1:
+        if data[12:14] == b"\x08\x00":  # plain IPv4: skip building the Ethernet object
+            return dpkt.ip.IP(data[14:])
+        pkt = dpkt.ethernet.Ethernet(data).data
+    elif linktype == 113:
+        pkt = dpkt.sll.SLL(data).data
+    elif linktype == 276:
+        pkt = dpkt.sll2.SLL2(data).data
+    elif linktype in (0, 108):
+        pkt = dpkt.loopback.Loopback(data).data
+    elif linktype in RAW_IP:
+        pkt = dpkt.ip.IP(data) if data[:1] and data[0] >> 4 == 4 else dpkt.ip6.IP6(data)
+    elif linktype == 229:
+        pkt = dpkt.ip6.IP6(data)
+    else:
+        raise InputError(f"unsupported link type {linktype}")
+    return pkt if isinstance(pkt, dpkt.ip.IP | dpkt.ip6.IP6) else None
+
+
+def _packets(path: str, fmt: str) -> Iterator[tuple[int, float, int, bytes]]:
+    if fmt == "pcapng":
+        for p in read_pcapng(path, options=False):
+            yield p.number, p.ts, p.linktype, p.data
+        return
+    with open(path, "rb") as fh:
+        try:
+            reader = dpkt.pcap.Reader(fh)  # validates the file header
+        except (ValueError, dpkt.dpkt.NeedData) as exc:
+            raise CaptureError(f"{path}: not a pcap file ({exc})") from None
+        link = reader.datalink()
+        fh.seek(0)
+        magic = fh.read(4)
+        hdr_cls = (
+            dpkt.pcap.LEPktHdr
+            if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+            else dpkt.pcap.PktHdr
+        )
+        divisor = 1e9 if magic in (b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1") else 1e6
+        fh.seek(24)
+        n = 0
+        while True:
+            raw = fh.read(16)
+            if not raw:
+                return
+            if len(raw) < 16:
+                raise CaptureError(f"{path}: truncated after packet {n}")
+            hdr = hdr_cls(raw)
+            buf = fh.read(hdr.caplen)
+            if len(buf) < hdr.caplen:  # dpkt's Reader would hand this on silently
+                raise CaptureError(f"{path}: truncated after packet {n}")
+            n += 1
+            yield n, hdr.tv_sec + hdr.tv_usec / divisor, link, buf
+
+
+# -- TCP reassembly ----------------------------------------------------------------
+@dataclass(slots=True)
+class _Dir:
+    next_seq: int | None = None
+    pending: dict[int, bytes] = field(default_factory=dict)
+
+    def feed(self, seq: int, payload: bytes, syn_fin: bool) -> bytes:
+        """In-order new bytes made available by this segment."""
+        if self.next_seq is None:
+            self.next_seq = seq
+        out = bytearray()
+        rel = (seq - self.next_seq) & 0xFFFFFFFF
+        if rel >= 0x80000000:  # starts before what we have: retransmission or overlap
+            skip = (self.next_seq - seq) & 0xFFFFFFFF
+            payload = payload[skip:]
+            rel = 0
+        if rel > 0:
+            self.pending[seq] = payload
+            return b""
+        out += payload
+        self.next_seq = (self.next_seq + len(payload) + (1 if syn_fin else 0)) & 0xFFFFFFFF
+        while self.next_seq in self.pending:
+            more = self.pending.pop(self.next_seq)
+            out += more
+            self.next_seq = (self.next_seq + len(more)) & 0xFFFFFFFF
+        return bytes(out)
+
+
+@dataclass(slots=True)
+class _Stream:
+    conn: int
+    server: tuple
+    dirs: dict[bool, _Dir] = field(default_factory=lambda: {True: _Dir(), False: _Dir()})
+    machine: DataChannel | CtrlChannel | None = None
+
+
+def frames_from_capture(path: str, fmt: str, ann: Annotator) -> Iterator[Frame]:
+    streams: dict[frozenset, _Stream] = {}
+    unsupported: set[int] = set()
+    try:
+        for number, ts, link, data in _packets(path, fmt):
+            try:
+                ip = ip_packet(link, data)
+            except InputError:
+                if link not in unsupported:
+                    unsupported.add(link)
+                continue
+            except (dpkt.dpkt.UnpackError, ValueError, IndexError, struct.error):
+                continue
+            if ip is None or not isinstance(ip.data, dpkt.tcp.TCP):
+                continue
+            tcp = ip.data
+            a, b = (ip.src, tcp.sport), (ip.dst, tcp.dport)
+            key = frozenset((a, b))
+            st = streams.get(key)
+            flags = tcp.flags
+            if st is None:
+                if flags & dpkt.tcp.TH_SYN and not flags & dpkt.tcp.TH_ACK:
+                    server = b  # the SYN's destination
+                elif tcp.dport in TPM_PORTS or (
+                    tcp.sport not in TPM_PORTS and tcp.dport < tcp.sport
+                ):
+                    server = b
+                else:
+                    server = a
+                st = streams[key] = _Stream(len(streams) + 1, server)
+            to_server = b == st.server
+            syn_fin = bool(flags & (dpkt.tcp.TH_SYN | dpkt.tcp.TH_FIN))
+            new = st.dirs[to_server].feed(tcp.seq, bytes(tcp.data), syn_fin)
+            if not new:
+                continue
+            if st.machine is None:
+                role = detect_role(new, [], "auto", unix=False) if to_server else "data"
+                st.machine = channel_for("ctrl" if st.server[1] == CTRL_PORT else role)
+            if to_server:
+                _, events = st.machine.from_client(new)
+            else:
+                _, events = st.machine.from_server(new)
+            for ev in events:
+                yield ann.annotate(st.conn, ts, ev, number)
+    except CaptureError as exc:
+        raise Partial(str(exc)) from None
+    if unsupported and not streams:
+        raise InputError(
+            f"{path}: unsupported link type {', '.join(map(str, sorted(unsupported)))}"
+        )
+
+
+class Partial(Exception):
+    """The input broke part-way: frames before the break were yielded."""

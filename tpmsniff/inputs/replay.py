@@ -1,0 +1,98 @@
+"""The one replay driver: frames of offline inputs (or of a finished live run) fed to a
+`FrameConsumer`, the way the pipeline feeds sinks live.
+
+`decode`, `check` and the pytest plugin all go through `replay_frames`, so a sink or a
+check behaves the same on a file as on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import structlog
+
+from ..codec.annotate import Annotator
+from ..model import Frame, FrameConsumer
+from .capture import Partial, frames_from_capture
+from .detect import FORMATS, InputError, detect_format
+from .swtpmlog import frames_from_log
+
+log = structlog.get_logger("tpmsniff.inputs")
+
+
+def frames_from_input(
+    path: str, annotator: Annotator | None = None, fmt: str = "auto"
+) -> Iterator[Frame]:
+    """Frames of one input. Raises InputError if nothing can be read; logs a warning and
+    stops early if the input breaks part-way (the frames before the break are kept)."""
+    ann = annotator or Annotator()
+    if fmt == "auto":
+        fmt = detect_format(path)
+    elif fmt not in FORMATS:
+        raise InputError(f"{path}: unknown input format {fmt}")
+    if fmt == "swtpm-log":
+        try:
+            yield from frames_from_log(path, ann)
+        except OSError as exc:
+            raise InputError(f"{path}: {exc.strerror}") from None
+        return
+    n = 0
+    try:
+        for f in frames_from_capture(path, fmt, ann):
+            n += 1
+            yield f
+    except Partial as exc:
+        if n == 0:
+            raise InputError(str(exc)) from None
+        log.warning("input is partly unreadable; kept what came before", file=path, error=str(exc))
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+
+
+@dataclass(slots=True)
+class Replayed:
+    """What a replay fed: message count and the connection ids it used."""
+
+    frames: int = 0
+    conns: list[int] = field(default_factory=list)
+
+
+def replay_frames(frames: Iterable[Frame], consumer: FrameConsumer, conn_base: int = 0) -> Replayed:
+    """Feed frames to `consumer`, renumbering connections by `conn_base` (so several inputs
+    share one capture without clashing), and close every connection at the end."""
+    done = Replayed()
+    seen: set[int] = set()
+    last_ts = 0.0
+    for f in frames:
+        if conn_base:
+            f = replace(f, conn=f.conn + conn_base)
+        if f.conn not in seen:
+            seen.add(f.conn)
+            done.conns.append(f.conn)
+        done.frames += 1
+        last_ts = f.ts
+        consumer.frame(f)
+    for conn in done.conns:
+        consumer.conn_close(conn, last_ts)
+    return done
+
+
+def replay(
+    paths: Sequence[str],
+    consumer: FrameConsumer,
+    auth: dict[int, bytes] | None = None,
+    fmt: str = "auto",
+) -> int:
+    """Replay each input in turn (sessions are tracked per input); returns the frame count.
+
+    Raises InputError for an input that cannot be read at all. Before each input the
+    consumer gets `control("input PATH")`, so it can say which file a frame came from."""
+    base = 0
+    frames = 0
+    for path in paths:
+        consumer.control(f"input {path}")
+        done = replay_frames(frames_from_input(path, Annotator(auth), fmt), consumer, base)
+        frames += done.frames
+        base = max([base, *done.conns])
+    return frames

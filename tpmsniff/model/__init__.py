@@ -1,0 +1,42 @@
+"""Pure data shared by every layer: frames, events, connections, ports, interfaces.
+
+Imports nothing of tpmsniff's outside this package (see docs/architecture.md).
+"""
+
+from .events import ConnInfo, Event, Message
+from .frame import (
+    NO_PARAM,
+    Channel,
+    CtrlInfo,
+    Direction,
+    Frame,
+    Framing,
+    Param,
+    Session,
+    SessionFacts,
+    TpmInfo,
+    Verdict,
+)
+from .interfaces import EventSink, FrameConsumer
+from .ports import CTRL_PORT, TPM_PORT
+
+__all__ = [
+    "CTRL_PORT",
+    "NO_PARAM",
+    "TPM_PORT",
+    "Channel",
+    "ConnInfo",
+    "CtrlInfo",
+    "Direction",
+    "Event",
+    "EventSink",
+    "Frame",
+    "FrameConsumer",
+    "Framing",
+    "Message",
+    "Param",
+    "Session",
+    "SessionFacts",
+    "TpmInfo",
+    "Verdict",
+]

@@ -1,0 +1,122 @@
+"""The in-process pipeline: annotate events and fan frames out to the sinks.
+
+Live, the relay hands records over *after* forwarding the bytes; they are queued and
+drained by a callback scheduled on the event loop, so decoding and sink I/O never sit
+between a read and the matching write. A failing decoder or sink becomes one log event;
+it never propagates into the relay, and a broken sink does not stop the others.
+
+Offline (`deferred=False`) the same object is a `FrameConsumer` that the replay driver
+feeds with frames already annotated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+
+import structlog
+
+from ..codec.annotate import Annotator
+from ..model import ConnInfo, Event, Frame, FrameConsumer
+from .records import Closed, Control, Opened, Record, Relayed
+
+log = structlog.get_logger("tpmsniff.pipeline")
+
+
+class InProcessPipeline:
+    def __init__(
+        self,
+        sinks: Iterable[FrameConsumer] = (),
+        annotator: Annotator | None = None,
+        *,
+        deferred: bool = True,
+    ) -> None:
+        self.sinks: list[FrameConsumer] = list(sinks)
+        self.annotator = annotator or Annotator()
+        self._deferred = deferred  # False: process at once (worker process, offline)
+        self._todo: deque[Record] = deque()
+        self._scheduled = False
+        self._broken: set[int] = set()
+        self._frames = 0
+        # Backpressure interface shared with WorkerPipeline; in-process work is never queued.
+        self.congested = False
+        self.pressure_listeners: list[Callable[[bool], None]] = []
+
+    @property
+    def frames_seen(self) -> int:
+        return self._frames
+
+    # -- EventSink: called by the transport (cheap) ------------------------------
+    def conn_open(self, info: ConnInfo) -> None:
+        self.push(Opened(info))
+
+    def events(
+        self, conn: int, ts: float, events: Sequence[Event], number: int | None = None
+    ) -> None:
+        for ev in events:
+            self.push(Relayed(conn, ts, ev, number))
+
+    def conn_close(self, conn: int, ts: float) -> None:
+        self.push(Closed(conn, ts))
+
+    def push(self, rec: Record) -> None:
+        self._todo.append(rec)
+        if not self._deferred:
+            self.drain()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.drain)
+
+    # -- the deferred part ---------------------------------------------------------
+    def drain(self) -> None:
+        self._scheduled = False
+        todo = self._todo
+        while todo:
+            rec = todo.popleft()
+            if isinstance(rec, Relayed):
+                self._annotate(rec)
+            elif isinstance(rec, Opened):
+                self._each(lambda s, i=rec.info: s.conn_open(i))
+            elif isinstance(rec, Closed):
+                self.annotator.close(rec.conn)
+                self._each(lambda s, c=rec.conn, t=rec.ts: s.conn_close(c, t))
+            else:
+                self._each(lambda s, w=rec.what: s.control(w))
+
+    def _annotate(self, rec: Relayed) -> None:
+        try:
+            frame = self.annotator.annotate(rec.conn, rec.ts, rec.event, rec.number)
+        except Exception as exc:  # a decoder bug must not stop the capture
+            log.error("annotate failed", conn=rec.conn, error=repr(exc))
+            return
+        self.frame(frame)
+
+    def _each(self, call: Callable[[FrameConsumer], None]) -> None:
+        for i, sink in enumerate(self.sinks):
+            try:
+                call(sink)
+            except Exception as exc:
+                if i not in self._broken:
+                    self._broken.add(i)
+                    log.error("sink failed", sink=type(sink).__name__, error=repr(exc))
+
+    # -- FrameConsumer: frames annotated elsewhere (the replay driver) ---------------
+    def frame(self, f: Frame) -> None:
+        self._frames += 1
+        self._each(lambda s: s.frame(f))
+
+    def control(self, what: str) -> None:
+        """Pass an out-of-band request (e.g. "reopen" on SIGHUP) to every sink, in order
+        with the records before it."""
+        self.push(Control(what))
+        self.drain()
+
+    @property
+    def exit_code(self) -> int:
+        return max((s.exit_code for s in self.sinks), default=0)
+
+    def close(self) -> int:
+        self.drain()
+        self._each(lambda s: s.close())
+        return self.exit_code

@@ -1,0 +1,47 @@
+"""Opening the files tpmsniff writes (captures, JSON Lines, reports) without being turned
+against its host: no symlink is followed, only a regular file of our own is written, and
+it is 0600 on the open fd whatever the umask or its old mode (docs/threat-model.md).
+
+Part of the bottom layer with `model/`: it imports nothing of tpmsniff's.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+
+class UnsafeFile(OSError):
+    """A path tpmsniff refuses to write: the message is the one line the user sees."""
+
+
+def open_private(path: str, *, append: bool = False) -> int:
+    """Open `path` for writing (created 0600, truncated unless `append`) and return the fd.
+
+    Raises UnsafeFile if the path is a symlink, not a regular file, or belongs to another
+    user; OSError for anything else the kernel refuses. Truncation happens only after
+    those checks, so a refused file is never damaged."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    if append:
+        flags |= os.O_APPEND
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFile(errno.ELOOP, f"{path}: is a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFile(errno.EINVAL, f"{path}: not a regular file")
+        if st.st_uid != os.geteuid():
+            raise UnsafeFile(errno.EPERM, f"{path}: belongs to another user")
+        os.fchmod(fd, 0o600)
+        if not append:
+            os.ftruncate(fd, 0)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

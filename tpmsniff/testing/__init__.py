@@ -1,0 +1,1 @@
+"""Test support for users of tpmsniff: the pytest plugin (`tpmsniff_proxy` fixture)."""

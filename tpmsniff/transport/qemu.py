@@ -1,0 +1,185 @@
+"""QEMU `-tpmdev emulator` control channel with CMD_SET_DATAFD fd substitution.
+
+QEMU never sends TPM commands on its control socket: it hands swtpm one end of a
+socketpair with CMD_SET_DATAFD over SCM_RIGHTS (wire-protocols §4, §5). To see the TPM
+traffic tpmsniff keeps QEMU's fd, gives swtpm one end of its own socketpair with the same
+4 bytes in one sendmsg, and relays between the two through the ordinary data relay.
+Every read from QEMU uses recvmsg with room for fds, so none is ever dropped.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from ..codec.channels import CtrlChannel, DataChannel
+from ..codec.ctrl import CMD
+from ..codec.roles import SET_DATAFD
+from ..model import Channel, ConnInfo, Direction
+from .conn import ClientConn, RelayContext
+from .fdpass import recv_with_fds, wait_fd
+
+log = structlog.get_logger("tpmsniff.qemu")
+
+
+class QemuCtrlSession:
+    """One QEMU control connection, its upstream swtpm control connection and data bridge."""
+
+    def __init__(
+        self, relay: RelayContext, csock: socket.socket, first: bytes, fds: list[int]
+    ) -> None:
+        self.relay = relay
+        self.csock = csock
+        self.first = first
+        self.first_fds = fds
+        self.usock: socket.socket | None = None
+        self.sm = CtrlChannel()
+        self.conn = relay.counter.next()
+        self.bridge: ClientConn | None = None
+        self._closed = False
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        up = self.relay.upstream
+        if up.kind == "unix":
+            usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            where: object = up.path
+        else:
+            usock = socket.socket(socket.AF_INET6 if ":" in up.host else socket.AF_INET)
+            where = (up.host, up.port)
+        usock.setblocking(False)
+        try:
+            await loop.sock_connect(usock, where)
+        except OSError as exc:
+            usock.close()
+            log.warning(
+                "upstream connect failed; closing client",
+                conn=self.conn,
+                upstream=str(up),
+                error=exc.strerror or str(exc),
+            )
+            for fd in self.first_fds:
+                os.close(fd)
+            self.csock.close()
+            return
+        self.usock = usock
+        p = self.relay.pipeline
+        p.conn_open(ConnInfo(self.conn, Channel.CTRL, "qemu-ctrl", str(up), time.time()))
+        log.info("qemu control channel", conn=self.conn)
+        down = loop.create_task(self._from_swtpm())
+        try:
+            data, fds = self.first, self.first_fds
+            while data and not self._closed:
+                await self._from_client(data, fds)
+                data, fds = await recv_with_fds(self.csock)
+        except OSError as exc:  # either side went away mid-message: close both
+            log.info("qemu control channel error", conn=self.conn, error=exc.strerror or str(exc))
+        finally:
+            writes, events = self.sm.client_eof()
+            for w in writes:
+                with contextlib.suppress(OSError):
+                    await loop.sock_sendall(usock, w)
+            p.events(self.conn, time.time(), events)
+            self.close()
+            down.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await down
+            p.events(self.conn, time.time(), self.sm.server_eof())
+            p.conn_close(self.conn, time.time())
+            usock.close()
+            self.csock.close()
+            log.info("qemu control channel closed", conn=self.conn)
+
+    async def _from_client(self, data: bytes, fds: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        ts = time.time()
+        writes, events = self.sm.from_client(data)
+        for w in writes:
+            if w == SET_DATAFD and fds:
+                await self._set_datafd(fds.pop(0))
+            else:
+                await loop.sock_sendall(self.usock, w)
+        for fd in fds:
+            log.warning("closing unexpected fd from QEMU", conn=self.conn)
+            os.close(fd)
+        self.relay.pipeline.events(self.conn, ts, events)
+
+    async def _set_datafd(self, qfd: int) -> None:
+        """Give swtpm our own socketpair end; bridge QEMU's fd to the other end."""
+        loop = asyncio.get_running_loop()
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        qsock = socket.socket(fileno=qfd)
+        try:
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))]
+            while True:
+                try:
+                    self.usock.sendmsg([SET_DATAFD], anc)  # bytes and fd in one call
+                    break
+                except BlockingIOError:
+                    await wait_fd(self.usock.fileno(), write=True)
+        finally:
+            theirs.close()  # swtpm's exit now gives EOF on `mine`; closing `mine` a HUP
+        if self.bridge is not None and self.bridge.transport is not None:
+            self.bridge.transport.close()  # a second SET_DATAFD replaces the first
+        mine.setblocking(False)
+        qsock.setblocking(False)
+
+        async def connect_mine(factory: Callable[[], asyncio.Protocol]) -> tuple[Any, Any]:
+            return await loop.connect_accepted_socket(factory, mine)
+
+        _, self.bridge = await loop.connect_accepted_socket(
+            lambda: ClientConn(
+                self.relay,
+                DataChannel(),
+                connect_mine,
+                peer=f"qemu-data (ctrl conn {self.conn})",
+                upstream="swtpm data fd",
+            ),
+            qsock,
+        )
+
+    async def _from_swtpm(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                data = await loop.sock_recv(self.usock, 65536)
+                if not data:
+                    break
+                await loop.sock_sendall(self.csock, data)  # forward first, unsplit
+                _, events = self.sm.from_server(data)
+                self.relay.pipeline.events(self.conn, time.time(), events)
+                for ev in events:
+                    if (
+                        ev.ctrl_cmd == CMD["SET_DATAFD"]
+                        and ev.direction is Direction.RESPONSE
+                        and ev.message.raw[:4] != b"\0\0\0\0"
+                        and self.bridge is not None
+                    ):
+                        log.warning("swtpm refused the data fd", conn=self.conn)
+                        if self.bridge.transport is not None:
+                            self.bridge.transport.close()
+        except OSError:
+            pass
+        # swtpm closed its control side (e.g. after CMD_SHUTDOWN): close QEMU's
+        with contextlib.suppress(OSError):
+            self.csock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """QEMU's control channel ended: close upstream control and the data bridge."""
+        if self._closed:
+            return
+        self._closed = True
+        for sock in (self.usock, self.csock):  # wakes pending reads; run() closes them
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        if self.bridge is not None and self.bridge.transport is not None:
+            self.bridge.transport.close()

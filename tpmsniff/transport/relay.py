@@ -1,0 +1,190 @@
+"""The relay: one listening endpoint relayed to one upstream endpoint.
+
+It accepts clients, detects each connection's role in auto mode, and hands each to a
+`ClientConn` (data or control) or a `QemuCtrlSession`. Transport is the only layer with
+sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from ..codec.channels import channel_for
+from ..codec.roles import detect_role
+from ..model import EventSink
+from .addresses import Address
+from .conn import ChannelMachine, ClientConn, ConnCounter
+from .endpoints import prepare_unix_path
+from .errors import StartupError
+from .fdpass import recv_with_fds
+from .qemu import QemuCtrlSession
+
+log = structlog.get_logger("tpmsniff.relay")
+
+
+class Relay:
+    """One listening endpoint relayed to one upstream endpoint.
+
+    `role` is "data" (TPM data channel), "ctrl" (swtpm control channel), "qemu" (QEMU's
+    control channel, with CMD_SET_DATAFD fd substitution) or "auto": each connection's
+    role is then detected from its first read (see `roles.detect_role`).
+    """
+
+    def __init__(
+        self,
+        listen: Address,
+        upstream: Address,
+        machine: Callable[[], ChannelMachine],
+        pipeline: EventSink,
+        counter: ConnCounter,
+        *,
+        role: str = "data",
+        listen_mode: int | None = None,
+        listen_owner: tuple[int, int] | None = None,
+    ) -> None:
+        self.listen = listen
+        self.upstream = upstream
+        self.machine = machine
+        self.pipeline = pipeline
+        self.counter = counter
+        self.role = role
+        self.listen_mode = listen_mode
+        self.listen_owner = listen_owner
+        self.clients: set[ClientConn] = set()
+        self.sessions: set[QemuCtrlSession] = set()
+        self.server: asyncio.Server | None = None
+        self._lsock: socket.socket | None = None
+        self._accepting: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        pipeline.pressure_listeners.append(self._pressure)
+
+    def _pressure(self, congested: bool) -> None:
+        """Worker backpressure: stop reading clients while the capture queue is full."""
+        for c in self.clients:
+            if c.transport is None or c.up is None or c.closed:
+                continue
+            if congested:
+                c.transport.pause_reading()
+            else:
+                c.resume()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.clients or self.sessions)
+
+    async def connect_upstream(
+        self, factory: Callable[[], asyncio.Protocol]
+    ) -> tuple[asyncio.BaseTransport, Any]:
+        loop = asyncio.get_running_loop()
+        if self.upstream.kind == "unix":
+            return await loop.create_unix_connection(factory, self.upstream.path)
+        return await loop.create_connection(factory, self.upstream.host, self.upstream.port)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.listen.kind == "unix":
+                prepare_unix_path(self.listen.path)
+            if self.role in ("auto", "qemu"):
+                self._lsock = self._listen_socket()
+                self._accepting = loop.create_task(self._accept_loop(self._lsock))
+            elif self.listen.kind == "unix":
+                self.server = await loop.create_unix_server(
+                    lambda: ClientConn(self), self.listen.path
+                )
+            else:
+                self.server = await loop.create_server(
+                    lambda: ClientConn(self), self.listen.host, self.listen.port, reuse_address=True
+                )
+            if self.listen.kind == "unix" and self.listen_mode is not None:
+                os.chmod(self.listen.path, self.listen_mode)
+            if self.listen.kind == "unix" and self.listen_owner is not None:
+                os.chown(self.listen.path, *self.listen_owner)
+        except OSError as exc:
+            why = (
+                "address already in use"
+                if exc.errno == errno.EADDRINUSE
+                else (exc.strerror or str(exc))
+            )
+            raise StartupError(f"listen {self.listen}: {why}") from None
+
+    def _listen_socket(self) -> socket.socket:
+        if self.listen.kind == "unix":
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(self.listen.path)
+        else:
+            fam = socket.AF_INET6 if ":" in self.listen.host else socket.AF_INET
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((self.listen.host, self.listen.port))
+            except OSError:
+                s.close()
+                raise
+        s.listen(64)
+        s.setblocking(False)
+        return s
+
+    async def _accept_loop(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(lsock)
+            except (OSError, asyncio.CancelledError):
+                return
+            sock.setblocking(False)
+            task = loop.create_task(self._detect(sock))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _detect(self, sock: socket.socket) -> None:
+        """Read the first chunk (with any fds) and hand the connection to its role."""
+        try:
+            data, fds = await recv_with_fds(sock)
+        except OSError as exc:
+            log.warning("client read failed", error=exc.strerror or str(exc))
+            sock.close()
+            return
+        if not data:
+            sock.close()
+            return
+        role = detect_role(data, fds, self.role, sock.family == socket.AF_UNIX)
+        if role == "qemu":
+            session = QemuCtrlSession(self, sock, data, fds)
+            self.sessions.add(session)
+            await session.run()
+            self.sessions.discard(session)
+            return
+        for fd in fds:
+            os.close(fd)
+        machine: ChannelMachine = channel_for("ctrl") if role == "ctrl" else self.machine()
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.connect_accepted_socket(lambda: ClientConn(self, machine), sock)
+        proto.data_received(data)  # buffered until the upstream is connected
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+        if self._lsock is not None:
+            self._lsock.close()
+            self._lsock = None
+        if (self.server is not None or self._accepting is not None) and self.listen.kind == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(self.listen.path)
+
+    def close_all(self) -> None:
+        for c in list(self.clients):
+            if c.transport is not None:
+                c.transport.close()
+        for s in list(self.sessions):
+            s.close()
