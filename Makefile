@@ -27,16 +27,16 @@ $(VENV)/.installed: pyproject.toml | deps
 
 venv: deps $(VENV)/.installed
 
-test: venv ## the whole suite: unit + integration with real swtpm, tpm2-tools, tshark
-	$(PY) -m ruff check tpmsniff tests bench
+test: lint ## lint, then the whole suite: unit + integration with real swtpm, tpm2-tools, tshark
 	$(PY) -m pytest -q -p no:cacheprovider
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-lint: venv
+lint: venv ## ruff (lint + format) and mypy (strict for model/ and codec/)
 	$(PY) -m ruff check tpmsniff tests bench
 	$(PY) -m ruff format --check tpmsniff tests bench
+	$(PY) -m mypy
 
 demo: venv ## private swtpm + tpmsniff + a seal/unseal workload; shows the console
 	$(PY) bench/demo.py

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..model import Channel, Frame, Verdict
 from .findings import Finding, field_at
@@ -25,7 +26,7 @@ class Checker:
     findings: list[Finding] = field(default_factory=list)
     tpm_frames: int = 0
     seen: dict[Requirement, int] = field(default_factory=lambda: defaultdict(int))
-    _streams: dict[tuple, bytearray] = field(default_factory=dict)
+    _streams: dict[tuple[int, str, str], bytearray] = field(default_factory=dict)
     file: str | None = None
 
     def feed(self, f: Frame) -> list[Finding]:
@@ -38,7 +39,7 @@ class Checker:
         self.findings += new
         return new
 
-    def _base(self, f: Frame) -> dict:
+    def _base(self, f: Frame) -> dict[str, Any]:
         return dict(
             frame=f.seq, conn=f.conn, command=f.name, direction=str(f.direction), file=self.file
         )
@@ -72,7 +73,7 @@ class Checker:
                     )
                 )
         # across message boundaries within one direction of one stream
-        key = (f.conn, f.direction, sec.label)
+        key = (f.conn, str(f.direction), sec.label)
         buf = self._streams.setdefault(key, bytearray())
         before = len(buf)
         buf += f.raw

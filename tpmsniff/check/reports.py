@@ -10,7 +10,7 @@ from .checker import Checker
 from .findings import Finding
 
 
-def _finding_dict(f: Finding) -> dict:
+def _finding_dict(f: Finding) -> dict[str, object]:
     return {k: getattr(f, k) for k in f.__slots__ if getattr(f, k) is not None}
 
 

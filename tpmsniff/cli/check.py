@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from ..check.reports import write_json, write_junit
 from ..inputs import InputError, replay
@@ -17,7 +18,7 @@ EXIT_PASS, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"tpmsniff check: error: {message}\n")
 
 

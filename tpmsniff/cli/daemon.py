@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -68,7 +68,7 @@ exit codes:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2
+    def error(self, message: str) -> NoReturn:  # one line, exit 2
         self.exit(EXIT_USAGE, f"tpmsniff: error: {message}\n")
 
 
@@ -343,10 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in ("check", "decode"):
         configure("console", "warning")
         if argv[0] == "check":
-            from . import check as sub
-        else:
-            from . import decode as sub
-        return sub.main(argv[1:])
+            from . import check
+
+            return check.main(argv[1:])
+        from . import decode
+
+        return decode.main(argv[1:])
     args = build_parser().parse_args(argv)
     configure(args.log_format, args.log_level)
     pipeline = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from ..codec.sessions import parse_auth
 from ..inputs import FORMATS, InputError, replay
@@ -23,7 +24,7 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"tpmsniff decode: error: {message}\n")
 
 
@@ -60,7 +61,7 @@ def main(argv: list[str]) -> int:
         out = JsonlSink(out=sys.stdout, flush=False)
     else:
         out = ConsoleSink("hexdump" if args.output == "console" else "summary")
-    sinks = [out]
+    sinks: list[FrameConsumer] = [out]
     if args.pcap:
         try:
             sinks.append(PcapngSink(args.pcap))

@@ -7,6 +7,7 @@ properties of the TPM, not of one client connection).
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import replace
 
 from ..model import Channel, Direction, Event, Frame, Framing, TpmInfo
 from . import ctrl
@@ -32,7 +33,7 @@ class Annotator:
         """`number`: the input's own frame number (offline), else a running count."""
         self._seq += 1
         m = ev.message
-        base = dict(
+        base = Frame(
             seq=self._seq if number is None else number,
             conn=conn,
             channel=ev.channel,
@@ -45,16 +46,16 @@ class Annotator:
         try:
             return self._annotate(conn, ev, base)
         except Exception as exc:  # a decoder bug is an annotation, never a crash
-            return Frame(**base, error=f"internal decode error: {exc!r}")
+            return replace(base, error=f"internal decode error: {exc!r}")
 
-    def _annotate(self, conn: int, ev: Event, base: dict) -> Frame:
+    def _annotate(self, conn: int, ev: Event, base: Frame) -> Frame:
         m = ev.message
         if ev.channel is Channel.CTRL:
             return self._ctrl(conn, ev, base)
         if m.framing is Framing.UNFRAMED:
             if ev.direction is Direction.RESPONSE:
                 self._pop(conn)
-            return Frame(**base, error=f"unframed: {m.note}")
+            return replace(base, error=f"unframed: {m.note}")
         body = m.raw[m.prefix :]
         if ev.direction is Direction.COMMAND:
             if m.locality is not None:
@@ -63,25 +64,26 @@ class Annotator:
             if not info.header_only:
                 info = self.sessions.on_command(conn, info, body)
             self._commands.setdefault(conn, deque()).append(info)
-            return Frame(**base, locality=self.locality, tpm=info, error=err)
+            return replace(base, locality=self.locality, tpm=info, error=err)
         info, err = decode_response(body, self._pop(conn))
         if not info.header_only:
             info = self.sessions.on_response(conn, info, body)
-        return Frame(**base, locality=self.locality, tpm=info, error=err)
+        return replace(base, locality=self.locality, tpm=info, error=err)
 
     def _pop(self, conn: int) -> TpmInfo | None:
         q = self._commands.get(conn)
         return q.popleft() if q else None
 
-    def _ctrl(self, conn: int, ev: Event, base: dict) -> Frame:
+    def _ctrl(self, conn: int, ev: Event, base: Frame) -> Frame:
         m = ev.message
         if ev.direction is Direction.COMMAND:
             info = ctrl.decode_request(m.raw)
-            if info.cmd == _SET_LOCALITY and "locality" in info.fields:
-                self._ctrl_locality[conn] = int(info.fields["locality"])  # type: ignore[arg-type]
+            loc = info.fields.get("locality")
+            if info.cmd == _SET_LOCALITY and isinstance(loc, int):
+                self._ctrl_locality[conn] = loc
         else:
             info = ctrl.decode_response(ev.ctrl_cmd, m.raw)
             if ev.ctrl_cmd == _SET_LOCALITY and info.result == 0 and conn in self._ctrl_locality:
                 self.locality = self._ctrl_locality.pop(conn)
         err = f"unframed: {m.note}" if m.framing is Framing.UNFRAMED else None
-        return Frame(**base, ctrl=info, error=err)
+        return replace(base, ctrl=info, error=err)

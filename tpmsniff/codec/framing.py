@@ -29,7 +29,7 @@ def _whole(data: bytes) -> bool:
     )
 
 
-def _unframed(buf: bytes, why: str) -> Message:
+def _unframed(buf: bytes | bytearray, why: str) -> Message:
     return Message(bytes(buf), Framing.UNFRAMED, note=why)
 
 

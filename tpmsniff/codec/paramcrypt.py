@@ -8,6 +8,8 @@ or given with --auth). Encryption with such a session is decorative.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
@@ -17,7 +19,7 @@ try:  # cryptography >= 47 keeps CFB among the "decrepit" modes
 except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.modes import CFB
 
-HASHES = {
+HASHES: dict[int, Callable[[], hashes.HashAlgorithm]] = {
     0x0004: hashes.SHA1,
     0x000B: hashes.SHA256,
     0x000C: hashes.SHA384,

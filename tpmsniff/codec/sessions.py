@@ -10,6 +10,7 @@ also remembers where loaded keys came from, to say what a salt key is.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 
@@ -81,7 +82,7 @@ class _Sess:
 @dataclass(slots=True)
 class _Pending:
     info: TpmInfo
-    start: dict | None = None
+    start: dict[str, Any] | None = None
     drop: list[int] = field(default_factory=list)
 
 
@@ -103,7 +104,9 @@ class SessionTracker:
         self._pending: dict[int, _Pending] = {}
 
     # -- facts ------------------------------------------------------------------
-    def _facts(self, handle: int) -> SessionFacts:
+    def _facts(self, handle: int | None) -> SessionFacts:
+        if handle is None:
+            return SessionFacts(0, "unknown", origin="unknown")
         if handle == TPM_RS_PW:
             return SessionFacts(handle, "password", salted=False, bound=False, symmetric="NULL")
         s = self.sessions.get(handle)
@@ -134,7 +137,9 @@ class SessionTracker:
                 info = replace(info, param=param)
         pend = _Pending(info)
         pend.drop = [
-            s.handle for s in info.sessions if s.handle != TPM_RS_PW and not s.attributes & CONTINUE
+            s.handle
+            for s in info.sessions
+            if s.handle is not None and s.handle != TPM_RS_PW and not s.attributes & CONTINUE
         ]
         if info.cc == CC_START_AUTH_SESSION and len(info.params) == 5 and len(info.handles) == 2:
             nonce, salt, se, sym, auth_hash = info.params

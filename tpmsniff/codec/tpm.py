@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from functools import cache
-from typing import get_args, get_origin
+from typing import Any, get_args, get_origin
 
 from tpm2_pytss import command_parser as cp
 from tpm2_pytss.constants import TPM2_CC, TPMA_SESSION
@@ -41,7 +41,7 @@ def attrs_text(attrs: int) -> str:
 @cache
 def cc_name(cc: int) -> str:
     try:
-        return TPM2_CC.to_string(cc).removeprefix("TPM2_CC.")
+        return str(TPM2_CC.to_string(cc)).removeprefix("TPM2_CC.")
     except ValueError:
         if cc & 0x20000000:
             return f"Vendor_0x{cc:08x}"
@@ -70,7 +70,7 @@ def command_layout(cc: int) -> tuple[int, str | None] | None:
 
 
 @cache
-def _param_types(cc: int, command: bool) -> tuple:
+def _param_types(cc: int, command: bool) -> tuple[Any, ...]:
     """pytss parameter types of a command or response (cached: pytss derives them from
     dataclass fields on every call)."""
     look = (
@@ -88,12 +88,12 @@ def response_layout(cc: int) -> tuple[int, str | None] | None:
     return int(cls.has_handle()), _encryptable(cls.parameter_types())
 
 
-def _encryptable(params: tuple) -> str | None:
+def _encryptable(params: tuple[Any, ...]) -> str | None:
     if not params:
         return None
     for arg in get_args(params[0]):
         if get_origin(arg) is cp.TPM_ENCRYPTED_PARAMETER:
-            return get_args(arg)[0].__name__
+            return str(get_args(arg)[0].__name__)
     return None
 
 
@@ -137,7 +137,7 @@ def decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
     try:
         if size != len(msg) or offset > size:
             raise ValueError("commandSize does not match the message")
-        parsed_sessions: tuple = ()
+        parsed_sessions: tuple[Any, ...] = ()
         if tag == ST_SESSIONS:
             auth_size = int.from_bytes(msg[offset : offset + 4], "big")
             if offset + 4 + auth_size > size:
@@ -197,7 +197,7 @@ def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str |
     return TpmInfo(tag, size, rc, cc, name, handles, sessions, param, text, params=params), None
 
 
-def _read_response(msg: bytes, cc: int, nh: int) -> tuple[int | None, tuple, list]:
+def _read_response(msg: bytes, cc: int, nh: int) -> tuple[int | None, tuple[Any, ...], list[Any]]:
     """Parse a successful response with pytss types.
 
     Not `cp.read_response`: tpm2-pytss 3.0.0 reads a 4-byte size before the response

@@ -25,7 +25,7 @@ RAW_IP = {12, 14, 101, 228}
 
 
 # -- link layers -------------------------------------------------------------------
-def ip_packet(linktype: int, data: bytes):
+def ip_packet(linktype: int, data: bytes) -> dpkt.ip.IP | dpkt.ip6.IP6 | None:
     """The IP packet inside a frame of `linktype`, or None if it carries none."""
     if linktype == 1:
         if data[12:14] == b"\x08\x00":  # plain IPv4: skip building the Ethernet object
@@ -112,13 +112,13 @@ class _Dir:
 @dataclass(slots=True)
 class _Stream:
     conn: int
-    server: tuple
+    server: tuple[bytes, int]
     dirs: dict[bool, _Dir] = field(default_factory=lambda: {True: _Dir(), False: _Dir()})
     machine: DataChannel | CtrlChannel | None = None
 
 
 def frames_from_capture(path: str, fmt: str, ann: Annotator) -> Iterator[Frame]:
-    streams: dict[frozenset, _Stream] = {}
+    streams: dict[frozenset[tuple[bytes, int]], _Stream] = {}
     unsupported: set[int] = set()
     try:
         for number, ts, link, data in _packets(path, fmt):

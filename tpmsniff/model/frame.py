@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Direction(StrEnum):
@@ -119,7 +120,7 @@ class TpmInfo:
     param: Param = NO_PARAM
     rc_text: str | None = None  # responses only
     header_only: bool = False  # TPM 1.2, unknown or vendor code: no deeper decode
-    params: tuple = field(default=(), compare=False, repr=False)  # pytss objects, if decoded
+    params: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # pytss objects
 
 
 @dataclass(frozen=True, slots=True)

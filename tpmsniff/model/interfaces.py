@@ -30,7 +30,9 @@ class FrameConsumer(Protocol):
 
     def control(self, what: str) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> object:
+        """Flush and release; whatever it returns is ignored."""
+        ...
 
 
 class EventSink(Protocol):

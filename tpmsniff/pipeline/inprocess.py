@@ -77,12 +77,21 @@ class InProcessPipeline:
             if isinstance(rec, Relayed):
                 self._annotate(rec)
             elif isinstance(rec, Opened):
-                self._each(lambda s, i=rec.info: s.conn_open(i))
+                self._opened(rec.info)
             elif isinstance(rec, Closed):
-                self.annotator.close(rec.conn)
-                self._each(lambda s, c=rec.conn, t=rec.ts: s.conn_close(c, t))
+                self._closed(rec.conn, rec.ts)
             else:
-                self._each(lambda s, w=rec.what: s.control(w))
+                self._control(rec.what)
+
+    def _opened(self, info: ConnInfo) -> None:
+        self._each(lambda s: s.conn_open(info))
+
+    def _closed(self, conn: int, ts: float) -> None:
+        self.annotator.close(conn)
+        self._each(lambda s: s.conn_close(conn, ts))
+
+    def _control(self, what: str) -> None:
+        self._each(lambda s: s.control(what))
 
     def _annotate(self, rec: Relayed) -> None:
         try:
@@ -92,7 +101,7 @@ class InProcessPipeline:
             return
         self.frame(frame)
 
-    def _each(self, call: Callable[[FrameConsumer], None]) -> None:
+    def _each(self, call: Callable[[FrameConsumer], object]) -> None:
         for i, sink in enumerate(self.sinks):
             try:
                 call(sink)

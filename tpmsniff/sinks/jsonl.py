@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..codec.tpm import attrs_text
-from ..model import Direction, Frame
+from ..model import Direction, Frame, SessionFacts
 from .base import BaseSink
 
 
-def frame_to_dict(f: Frame, file: str | None = None) -> dict:
-    d: dict = {
+def frame_to_dict(f: Frame, file: str | None = None) -> dict[str, Any]:
+    d: dict[str, Any] = {
         "file": file,
         "frame": f.seq,
         "stream": f.conn,
@@ -65,7 +65,7 @@ def frame_to_dict(f: Frame, file: str | None = None) -> dict:
     return d
 
 
-def _facts(f) -> dict:
+def _facts(f: SessionFacts) -> dict[str, Any]:
     return {
         "type": f.type,
         "origin": f.origin,
@@ -98,6 +98,7 @@ class JsonlSink(BaseSink):
         self.file = file
 
     def _open(self, mode: int) -> TextIO:
+        assert self.path is not None
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o600)
         return os.fdopen(fd, "w", encoding="utf-8")
 

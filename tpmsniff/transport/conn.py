@@ -129,7 +129,7 @@ class ClientConn(asyncio.Protocol):
         self.paused = False
         self._finished = False
         self._early: list[bytes] = []  # bytes that arrived before the upstream connected
-        self._connecting: asyncio.Task | None = None
+        self._connecting: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -141,7 +141,7 @@ class ClientConn(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
         else:
             self.peer = f"unix:{self.relay.listen.path}"
-        transport.pause_reading()  # until upstream is connected
+        transport.pause_reading()  # type: ignore[attr-defined]  # until upstream is up
         self.relay.clients.add(self)
         # asyncio keeps only weak references to tasks: hold this one until it is done
         self._connecting = asyncio.get_running_loop().create_task(self._connect())
@@ -191,9 +191,10 @@ class ClientConn(asyncio.Protocol):
             self._early.append(data)
             return
         writes, events = self.sm.from_client(data)
-        ut = self.up.transport  # type: ignore[union-attr]
+        ut = self.up.transport
+        assert ut is not None  # set in connection_made, before self.up is
         for w in writes:
-            ut.write(w)  # type: ignore[union-attr]
+            ut.write(w)
         if events:
             self.relay.pipeline.events(self.conn, time.time(), events)
         if self.sm.backlog >= MAX_QUEUED_REQUESTS and not self.paused:

@@ -51,7 +51,7 @@ class QemuCtrlSession:
         up = self.relay.upstream
         if up.kind == "unix":
             usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            where: object = up.path
+            where: str | tuple[str, int] = up.path
         else:
             usock = socket.socket(socket.AF_INET6 if ":" in up.host else socket.AF_INET)
             where = (up.host, up.port)
@@ -98,6 +98,10 @@ class QemuCtrlSession:
             self.csock.close()
             log.info("qemu control channel closed", conn=self.conn)
 
+    def _upstream(self) -> socket.socket:
+        assert self.usock is not None, "used only after run() connected it"
+        return self.usock
+
     async def _from_client(self, data: bytes, fds: list[int]) -> None:
         loop = asyncio.get_running_loop()
         ts = time.time()
@@ -106,7 +110,7 @@ class QemuCtrlSession:
             if w == SET_DATAFD and fds:
                 await self._set_datafd(fds.pop(0))
             else:
-                await loop.sock_sendall(self.usock, w)
+                await loop.sock_sendall(self._upstream(), w)
         for fd in fds:
             log.warning("closing unexpected fd from QEMU", conn=self.conn)
             os.close(fd)
@@ -121,10 +125,10 @@ class QemuCtrlSession:
             anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]))]
             while True:
                 try:
-                    self.usock.sendmsg([SET_DATAFD], anc)  # bytes and fd in one call
+                    self._upstream().sendmsg([SET_DATAFD], anc)  # bytes and fd in one call
                     break
                 except BlockingIOError:
-                    await wait_fd(self.usock.fileno(), write=True)
+                    await wait_fd(self._upstream().fileno(), write=True)
         finally:
             theirs.close()  # swtpm's exit now gives EOF on `mine`; closing `mine` a HUP
         if self.bridge is not None and self.bridge.transport is not None:
@@ -150,7 +154,7 @@ class QemuCtrlSession:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                data = await loop.sock_recv(self.usock, 65536)
+                data = await loop.sock_recv(self._upstream(), 65536)
                 if not data:
                     break
                 await loop.sock_sendall(self.csock, data)  # forward first, unsplit

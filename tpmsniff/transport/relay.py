@@ -62,8 +62,8 @@ class Relay:
         self.sessions: set[QemuCtrlSession] = set()
         self.server: asyncio.Server | None = None
         self._lsock: socket.socket | None = None
-        self._accepting: asyncio.Task | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._accepting: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         pipeline.pressure_listeners.append(self._pressure)
 
     def _pressure(self, congested: bool) -> None:
