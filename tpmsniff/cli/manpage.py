@@ -1,6 +1,6 @@
 r"""tpmsniff(1), generated from the argument parsers so it never drifts from --help.
 
-`python -m tpmsniff.manpage > docs/tpmsniff.1` (make man); a test keeps them in sync.
+`python -m tpmsniff.cli.manpage > docs/tpmsniff.1` (make man); a test keeps them in sync.
 """
 
 from __future__ import annotations
