@@ -27,8 +27,12 @@ $(VENV)/.installed: pyproject.toml | deps
 
 venv: deps $(VENV)/.installed
 
-test: lint ## lint, then the whole suite: unit + integration with real swtpm, tpm2-tools, tshark
-	$(PY) -m pytest -q -p no:cacheprovider
+test: lint ## lint, then the whole suite (unit + integration with real swtpm, tpm2-tools, tshark, QEMU) under coverage
+	rm -rf .coverage-data
+	$(PY) -m coverage run -m pytest -q -p no:cacheprovider
+	@$(PY) -m coverage combine -q
+	@echo "line coverage of model/, codec/, inputs/, check/ (aim: >= 90%):"
+	@$(PY) -m coverage report --fail-under=85
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
@@ -48,4 +52,4 @@ man: venv ## regenerate docs/tpmsniff.1 from the argument parsers
 	$(PY) -m tpmsniff.cli.manpage > docs/tpmsniff.1
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache .coverage-data

@@ -63,6 +63,42 @@ def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def _rx_queue(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
+    """Bytes the kernel holds for the socket local<-remote that its owner has not read yet
+    (/proc/net/tcp rx_queue), or None if no such IPv4 socket exists."""
+
+    def hexaddr(a: tuple[str, int]) -> str:
+        return socket.inet_aton(a[0])[::-1].hex().upper() + f":{a[1]:04X}"
+
+    want = (hexaddr(local), hexaddr(remote))
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if (f[1], f[2]) == want:
+            return int(f[4].split(":")[1], 16)
+    return None
+
+
+def wait_consumed(s: socket.socket, timeout: float = 10.0) -> None:
+    """Wait until the peer process has read everything sent on `s` so far: an event, so a
+    test can make the peer see two writes as two reads without sleeping."""
+    if s.family == socket.AF_UNIX:
+        import fcntl
+        import termios
+
+        def done() -> bool:
+            buf = fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            return int.from_bytes(buf, "little") == 0  # unread by the receiver
+
+    else:
+        me, peer = s.getsockname()[:2], s.getpeername()[:2]
+
+        def done() -> bool:
+            q = _rx_queue(peer, me)
+            return q is not None and q == 0
+
+    wait_for(done, timeout, "the peer to read what was sent")
+
+
 def _connectable(addr) -> bool:
     fam = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
     with socket.socket(fam, socket.SOCK_STREAM) as s:

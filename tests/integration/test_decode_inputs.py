@@ -6,6 +6,7 @@ order, and the command codes must equal what tshark reports (`tpm.req.cc`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,12 +17,22 @@ from pathlib import Path
 
 import dpkt
 import pytest
-from conftest import ROOT, require, run_tool, start_sniff, start_swtpm, tpmsniff_cmd
+from conftest import (
+    ROOT,
+    require,
+    run_tool,
+    start_sniff,
+    start_swtpm,
+    tpmsniff_cmd,
+    wait_consumed,
+    wait_for,
+)
 from test_relay_tools import log_sequence, tshark_fields
 from workload import SECRET, tpm2tools_workload
 
 from tpmsniff.codec.annotate import Annotator
 from tpmsniff.inputs import frames_from_input
+from tpmsniff.inputs.capture import ip_packet
 from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.model import Channel, Direction
 
@@ -58,6 +69,7 @@ class Tshark:
 
     def __init__(self, out: Path, ports: list[int], iface: str = "lo", fmt: str = "pcapng"):
         self.out = out
+        self.fmt = fmt
         filt = " or ".join(f"tcp port {p}" for p in ports)
         self.proc = subprocess.Popen(
             [require("tshark"), "-i", iface, "-f", filt, "-F", fmt, "-w", str(out)],
@@ -68,10 +80,57 @@ class Tshark:
         end = time.monotonic() + 30
         while b"Capturing on" not in buf and time.monotonic() < end:
             buf += os.read(self.proc.stderr.fileno(), 4096)
-        time.sleep(0.5)
+        # "Capturing on" comes before packets really flow (on "any" noticeably so): knock
+        # on the first port (an empty connection, which decodes to nothing) until the
+        # knock is in the file
+        self.port = ports[0]
+        for _ in range(20):
+            with contextlib.suppress(TimeoutError):
+                self._knock(2)
+                return
+        raise TimeoutError(f"tshark on {iface} captured nothing")
+
+    def _knock(self, timeout: float) -> None:
+        """An empty connection to the first port; returns once it is in the file, closed.
+        Packets are written in order, so everything before it is in the file too."""
+        with socket.create_connection(("127.0.0.1", self.port)) as s:
+            me = s.getsockname()[1]
+        wait_for(lambda: self._all_streams_closed(me), timeout, f"{self.out.name} to be written")
+
+    def _packets(self) -> list[tuple[int, bytes]] | None:
+        """(linktype, bytes) of every packet in the file so far, None while unreadable."""
+        try:
+            if self.fmt == "pcapng":
+                return [(p.linktype, p.data) for p in read_pcapng(str(self.out))]
+            with open(self.out, "rb") as fh:
+                r = dpkt.pcap.Reader(fh)
+                return [(r.datalink(), buf) for _, buf in r]
+        except Exception:  # not yet created, or the last block is still being written
+            return None
+
+    def _all_streams_closed(self, port: int) -> bool:
+        """The stream from client `port` is in the file, and every TCP stream in the file
+        has a FIN (or RST) in both directions."""
+        opened, closed = set(), set()
+        packets = self._packets()
+        if packets is None:
+            return False
+        for linktype, data in packets:
+            ip = ip_packet(linktype, data)
+            if ip is None or not isinstance(ip.data, dpkt.tcp.TCP):
+                continue
+            t = ip.data
+            key = (ip.src, t.sport, ip.dst, t.dport)
+            opened.add(key)
+            if t.flags & (dpkt.tcp.TH_FIN | dpkt.tcp.TH_RST):
+                closed.add(key)
+                if t.flags & dpkt.tcp.TH_RST:
+                    closed.add((ip.dst, t.dport, ip.src, t.sport))
+        return any(k[1] == port for k in opened) and opened <= closed
 
     def stop(self) -> None:
-        time.sleep(0.5)
+        """Stop once everything the (finished) workload sent is in the file."""
+        self._knock(30)
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(30)
 
@@ -180,7 +239,7 @@ def test_split_and_coalesced_segments_are_reassembled(tmp_path):
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.sendall(GETRANDOM[:6])
-            time.sleep(0.2)
+            wait_consumed(s)  # swtpm has read it: the two parts are two segments
             s.sendall(GETRANDOM[6:])
             s.settimeout(5)
             assert len(s.recv(100)) == 28

@@ -255,7 +255,14 @@ def test_migration_out_and_in_through_tpmsniff(vm):
         dst = qemu_vm(sniff2.listen, str(tmp / "mon-dst"), "-incoming", f"exec:cat {state}")
         mon2 = Monitor(str(tmp / "mon-dst"))
         wait_for(lambda: "running" in mon2.cmd("info status"), 60, "destination running")
-        time.sleep(2)  # the guest goes on (and reboots: commands flow on the new TPM)
+        # the guest goes on (and reboots): wait for TPM commands on the new swtpm, then for
+        # a quiet moment (QEMU quit mid-command would send no CMD_SHUTDOWN)
+        wait_for(
+            lambda: "cmd PCR_Extend" in sniff2.console() or "cmd Startup" in sniff2.console(),
+            60,
+            "TPM commands after migration",
+        )
+        wait_idle_after_boots(sniff2.stdout, 1)
         mon2.cmd("quit")
         out = dst.communicate(timeout=30)[0].decode(errors="replace")
         sw2.proc.wait(10)

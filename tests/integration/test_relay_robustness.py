@@ -5,11 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import socket
-import time
 
 import pytest
 from captured import messages
-from conftest import run_tool, start_sniff, start_swtpm, wait_for
+from conftest import run_tool, start_sniff, start_swtpm, wait_consumed, wait_for
 
 from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.inputs.swtpmlog import parse_file
@@ -64,7 +63,7 @@ def test_split_command_reaches_swtpm_in_one_piece(pair):
     sw, sniff = pair
     with connect(sniff.listen) as s:
         s.sendall(GETRANDOM[:11])
-        time.sleep(0.2)
+        wait_consumed(s)  # tpmsniff has read the first part on its own
         s.sendall(GETRANDOM[11:])
         rsp = read_response(s)
     assert int.from_bytes(rsp[6:10], "big") == 0 and len(rsp) == 10 + 2 + 16
@@ -87,7 +86,7 @@ def test_mssim_framing_relayed_and_decoded(pair):
     prefix = (8).to_bytes(4, "big") + b"\x03" + len(GETRANDOM).to_bytes(4, "big")
     with connect(sniff.listen) as s:
         s.sendall(prefix)
-        time.sleep(0.1)
+        wait_consumed(s)
         s.sendall(GETRANDOM)
         size = int.from_bytes(recv_exact(s, 4), "big")
         rsp = recv_exact(s, size)

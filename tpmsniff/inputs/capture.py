@@ -82,38 +82,77 @@ def _packets(path: str, fmt: str) -> Iterator[tuple[int, float, int, bytes]]:
 
 
 # -- TCP reassembly ----------------------------------------------------------------
+MASK = 0xFFFFFFFF
+MAX_PENDING = 4 << 20  # out-of-order bytes held per direction before giving up on a gap
+
+
 @dataclass(slots=True)
-class _Dir:
+class Reassembler:
+    """One direction of a TCP stream: segments in any order, retransmitted or repacketised,
+    out as the in-order bytes each one makes available (sequence numbers wrap at 2**32)."""
+
     next_seq: int | None = None
     pending: dict[int, bytes] = field(default_factory=dict)
+    held: int = 0
+    gaps: int = 0  # gaps given up on: bytes the capture never had (the read is incomplete)
 
     def feed(self, seq: int, payload: bytes, syn_fin: bool) -> bytes:
-        """In-order new bytes made available by this segment."""
+        """In-order new bytes made available by this segment. SYN and FIN take one
+        sequence number each; a segment that is entirely old changes nothing."""
         if self.next_seq is None:
             self.next_seq = seq
-        out = bytearray()
-        rel = (seq - self.next_seq) & 0xFFFFFFFF
-        if rel >= 0x80000000:  # starts before what we have: retransmission or overlap
-            skip = (self.next_seq - seq) & 0xFFFFFFFF
-            payload = payload[skip:]
-            rel = 0
-        if rel > 0:
-            self.pending[seq] = payload
+        span = len(payload) + (1 if syn_fin else 0)
+        behind = (self.next_seq - seq) & MASK
+        if 0 < behind < 0x80000000:  # starts before what we have
+            if behind >= span:
+                return b""  # a pure retransmission
+            payload = payload[behind:]
+            span -= behind
+        elif behind != 0:  # starts after a gap: hold it
+            if len(payload) > len(self.pending.get(seq, b"")):
+                self.held += len(payload) - len(self.pending.get(seq, b""))
+                self.pending[seq] = payload
+            if self.held > MAX_PENDING:  # the gap will never fill: skip it
+                self._skip_gap()
+                return self._drain(bytearray())
             return b""
-        out += payload
-        self.next_seq = (self.next_seq + len(payload) + (1 if syn_fin else 0)) & 0xFFFFFFFF
-        while self.next_seq in self.pending:
-            more = self.pending.pop(self.next_seq)
-            out += more
-            self.next_seq = (self.next_seq + len(more)) & 0xFFFFFFFF
+        self.next_seq = (self.next_seq + span) & MASK
+        return self._drain(bytearray(payload))
+
+    def _drain(self, out: bytearray) -> bytes:
+        """Append held segments that now start at or before next_seq."""
+        nxt = self.next_seq
+        assert nxt is not None
+        progress = True
+        while progress and self.pending:
+            progress = False
+            for s in list(self.pending):
+                data = self.pending[s]
+                behind = (nxt - s) & MASK
+                if behind < 0x80000000:
+                    del self.pending[s]
+                    self.held -= len(data)
+                    if behind < len(data):
+                        out += data[behind:]
+                        nxt = (s + len(data)) & MASK
+                    progress = True
+        self.next_seq = nxt
         return bytes(out)
+
+    def _skip_gap(self) -> None:
+        nxt = self.next_seq
+        assert nxt is not None
+        self.gaps += 1
+        self.next_seq = min(self.pending, key=lambda s: (s - nxt) & MASK)
 
 
 @dataclass(slots=True)
 class _Stream:
     conn: int
     server: tuple[bytes, int]
-    dirs: dict[bool, _Dir] = field(default_factory=lambda: {True: _Dir(), False: _Dir()})
+    dirs: dict[bool, Reassembler] = field(
+        default_factory=lambda: {True: Reassembler(), False: Reassembler()}
+    )
     machine: DataChannel | CtrlChannel | None = None
 
 
