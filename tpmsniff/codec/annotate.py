@@ -14,8 +14,6 @@ from . import ctrl
 from .sessions import SessionTracker
 from .tpm import decode_command, decode_response
 
-_SET_LOCALITY = 0x05
-
 
 class Annotator:
     def __init__(self, auth: dict[int, bytes] | None = None) -> None:
@@ -79,11 +77,15 @@ class Annotator:
         if ev.direction is Direction.COMMAND:
             info = ctrl.decode_request(m.raw)
             loc = info.fields.get("locality")
-            if info.cmd == _SET_LOCALITY and isinstance(loc, int):
+            if info.cmd == ctrl.Cmd.SET_LOCALITY and isinstance(loc, int):
                 self._ctrl_locality[conn] = loc
         else:
             info = ctrl.decode_response(ev.ctrl_cmd, m.raw)
-            if ev.ctrl_cmd == _SET_LOCALITY and info.result == 0 and conn in self._ctrl_locality:
+            if (
+                ev.ctrl_cmd == ctrl.Cmd.SET_LOCALITY
+                and info.result == 0
+                and conn in self._ctrl_locality
+            ):
                 self.locality = self._ctrl_locality.pop(conn)
         err = f"unframed: {m.note}" if m.framing is Framing.UNFRAMED else None
         return replace(base, ctrl=info, error=err)

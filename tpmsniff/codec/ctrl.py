@@ -8,36 +8,49 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 
 from ..model import CtrlInfo, Framing, Message
 
-CMD_NAMES: dict[int, str] = {
-    0x01: "GET_CAPABILITY",
-    0x02: "INIT",
-    0x03: "SHUTDOWN",
-    0x04: "GET_TPMESTABLISHED",
-    0x05: "SET_LOCALITY",
-    0x06: "HASH_START",
-    0x07: "HASH_DATA",
-    0x08: "HASH_END",
-    0x09: "CANCEL_TPM_CMD",
-    0x0A: "STORE_VOLATILE",
-    0x0B: "RESET_TPMESTABLISHED",
-    0x0C: "GET_STATEBLOB",
-    0x0D: "SET_STATEBLOB",
-    0x0E: "STOP",
-    0x0F: "GET_CONFIG",
-    0x10: "SET_DATAFD",
-    0x11: "SET_BUFFERSIZE",
-    0x12: "GET_INFO",
-    0x13: "LOCK_STORAGE",
-}
-CMD = {v: k for k, v in CMD_NAMES.items()}
+
+class Cmd(IntEnum):
+    """swtpm control commands (swtpm's tpm_ioctl.h, CMD_*)."""
+
+    GET_CAPABILITY = 0x01
+    INIT = 0x02
+    SHUTDOWN = 0x03
+    GET_TPMESTABLISHED = 0x04
+    SET_LOCALITY = 0x05
+    HASH_START = 0x06
+    HASH_DATA = 0x07
+    HASH_END = 0x08
+    CANCEL_TPM_CMD = 0x09
+    STORE_VOLATILE = 0x0A
+    RESET_TPMESTABLISHED = 0x0B
+    GET_STATEBLOB = 0x0C
+    SET_STATEBLOB = 0x0D
+    STOP = 0x0E
+    GET_CONFIG = 0x0F
+    SET_DATAFD = 0x10
+    SET_BUFFERSIZE = 0x11
+    GET_INFO = 0x12
+    LOCK_STORAGE = 0x13
+
+
+CMD_NAMES: dict[int, str] = {c.value: c.name for c in Cmd}
 
 # Request body bytes swtpm needs before it acts (ctrlchannel.c); absent = none.
-_BODY_MIN = {0x02: 4, 0x05: 1, 0x0B: 1, 0x0C: 12, 0x0D: 12, 0x07: 4, 0x11: 4, 0x12: 16, 0x13: 4}
-# Fixed request bodies: these are complete once this many bytes are in.
-_BODY_FIXED = {0x02: 4, 0x0C: 12, 0x11: 4, 0x12: 16, 0x13: 4}
+_BODY_MIN: dict[int, int] = {
+    Cmd.INIT: 4,
+    Cmd.SET_LOCALITY: 1,
+    Cmd.RESET_TPMESTABLISHED: 1,
+    Cmd.GET_STATEBLOB: 12,
+    Cmd.SET_STATEBLOB: 12,
+    Cmd.HASH_DATA: 4,
+    Cmd.SET_BUFFERSIZE: 4,
+    Cmd.GET_INFO: 16,
+    Cmd.LOCK_STORAGE: 4,
+}
 BLOB_TYPES = {1: "permanent", 2: "volatile", 3: "savestate"}
 MAX_DECODE = 1 << 20  # control messages larger than this are relayed, decoded truncated
 
@@ -88,12 +101,12 @@ class CtrlRequestFramer:
             if n is None or len(self._buf) < n:
                 break
             cmd = _u32(self._buf, 0)
-            if cmd in (0x05, 0x0B):
+            if cmd in (Cmd.SET_LOCALITY, Cmd.RESET_TPMESTABLISHED):
                 n = len(self._buf)  # 1..4 body bytes: forward all that came (§3.4)
             head = bytes(self._buf[:n])
             del self._buf[:n]
-            if cmd in (0x07, 0x0D):
-                body_len = _u32(head, 4) if cmd == 0x07 else _u32(head, 12)
+            if cmd in (Cmd.HASH_DATA, Cmd.SET_STATEBLOB):
+                body_len = _u32(head, 4) if cmd == Cmd.HASH_DATA else _u32(head, 12)
                 self._stream = _Streaming(body_len, bytearray(head))
                 take = min(body_len, len(self._buf))
                 first = head + bytes(self._buf[:take])
@@ -140,21 +153,23 @@ def response_length(cmd: int | None, buf: bytes | bytearray) -> int | None:
     if len(buf) < 4:
         return None
     result = _u32(buf, 0)
-    if cmd == 0x01:
+    if cmd == Cmd.GET_CAPABILITY:
         return 8
-    if cmd == 0x04:
-        return 4 if result in (0x03, 0x0A) else 8
-    if cmd == 0x11:
+    if cmd == Cmd.GET_TPMESTABLISHED:
+        return (
+            4 if result in (0x03, 0x0A) else 8
+        )  # TPM_RC_FAILURE, TPM_RC_NO_RESULT-class errors: no body
+    if cmd == Cmd.SET_BUFFERSIZE:
         return 16 if result == 0 else 4
-    if cmd == 0x0F:
+    if cmd == Cmd.GET_CONFIG:
         return 8 if result == 0 else 4
-    if cmd == 0x0C:
+    if cmd == Cmd.GET_STATEBLOB:
         if result != 0 and len(buf) < 16:
             return 4
         if len(buf) < 16:
             return None
         return 16 + (_u32(buf, 12) if result == 0 else 0)
-    if cmd == 0x12:
+    if cmd == Cmd.GET_INFO:
         if result != 0:
             return 4
         if len(buf) < 12:
@@ -203,26 +218,26 @@ def decode_request(raw: bytes) -> CtrlInfo:
     cmd = _u32(raw, 0)
     body = raw[4:]
     f: dict[str, object] = {}
-    if cmd == 0x02 and len(body) >= 4:
+    if cmd == Cmd.INIT and len(body) >= 4:
         flags = _u32(body, 0)
         f["flags"] = flags
         if flags & 1:
             f["delete_volatile"] = True
-    elif cmd in (0x05, 0x0B) and body:
+    elif cmd in (Cmd.SET_LOCALITY, Cmd.RESET_TPMESTABLISHED) and body:
         f["locality"] = body[0]
-    elif cmd in (0x0C, 0x0D) and len(body) >= 12:
+    elif cmd in (Cmd.GET_STATEBLOB, Cmd.SET_STATEBLOB) and len(body) >= 12:
         flags, btype, third = struct.unpack(">III", body[:12])
         f["blob"] = BLOB_TYPES.get(btype, btype)
         f["state_flags"] = flags
-        f["offset" if cmd == 0x0C else "length"] = third
-    elif cmd == 0x07 and len(body) >= 4:
+        f["offset" if cmd == Cmd.GET_STATEBLOB else "length"] = third
+    elif cmd == Cmd.HASH_DATA and len(body) >= 4:
         f["length"] = _u32(body, 0)
-    elif cmd == 0x11 and len(body) >= 4:
+    elif cmd == Cmd.SET_BUFFERSIZE and len(body) >= 4:
         f["buffersize"] = _u32(body, 0)
-    elif cmd == 0x12 and len(body) >= 12:
+    elif cmd == Cmd.GET_INFO and len(body) >= 12:
         f["flags"] = int.from_bytes(body[0:8], "big")
         f["offset"] = _u32(body, 8)
-    elif cmd == 0x13 and len(body) >= 4:
+    elif cmd == Cmd.LOCK_STORAGE and len(body) >= 4:
         f["retries"] = _u32(body, 0)
     return CtrlInfo(cmd, ctrl_name(cmd), f)
 
@@ -232,21 +247,21 @@ def decode_response(cmd: int | None, raw: bytes) -> CtrlInfo:
     if len(raw) < 4:
         return CtrlInfo(cmd, name, {"bytes": len(raw)})
     f: dict[str, object] = {}
-    if cmd == 0x01 and len(raw) >= 8:
+    if cmd == Cmd.GET_CAPABILITY and len(raw) >= 8:
         caps = int.from_bytes(raw[0:8], "big")
         f["caps"] = f"0x{caps:x}"
         return CtrlInfo(cmd, name, f, 0)
     result = _u32(raw, 0)
     if result == 0:
-        if cmd == 0x04 and len(raw) >= 5:
+        if cmd == Cmd.GET_TPMESTABLISHED and len(raw) >= 5:
             f["established"] = raw[4]
-        elif cmd == 0x11 and len(raw) >= 16:
+        elif cmd == Cmd.SET_BUFFERSIZE and len(raw) >= 16:
             f["buffersize"], f["minsize"], f["maxsize"] = struct.unpack(">III", raw[4:16])
-        elif cmd == 0x0F and len(raw) >= 8:
+        elif cmd == Cmd.GET_CONFIG and len(raw) >= 8:
             f["flags"] = _u32(raw, 4)
-    if cmd == 0x0C and len(raw) >= 16:
+    if cmd == Cmd.GET_STATEBLOB and len(raw) >= 16:
         f["state_flags"], f["totlength"], f["length"] = struct.unpack(">III", raw[4:16])
-    elif cmd == 0x12 and result == 0 and len(raw) >= 12:
+    elif cmd == Cmd.GET_INFO and result == 0 and len(raw) >= 12:
         f["totlength"], f["length"] = struct.unpack(">II", raw[4:12])
         f["json"] = raw[12:].rstrip(b"\0").decode("utf-8", "replace")
     return CtrlInfo(cmd, name, f, result)

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from ..codec.channels import CtrlChannel, DataChannel
-from ..codec.ctrl import CMD
+from ..codec.ctrl import Cmd
 from ..codec.roles import SET_DATAFD
 from ..model import Channel, ConnInfo, Direction
 from .conn import ClientConn, RelayContext
@@ -162,7 +162,7 @@ class QemuCtrlSession:
                 self.relay.pipeline.events(self.conn, time.time(), events)
                 for ev in events:
                     if (
-                        ev.ctrl_cmd == CMD["SET_DATAFD"]
+                        ev.ctrl_cmd == Cmd.SET_DATAFD
                         and ev.direction is Direction.RESPONSE
                         and ev.message.raw[:4] != b"\0\0\0\0"
                         and self.bridge is not None
