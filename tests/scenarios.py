@@ -45,11 +45,14 @@ def _session_tr(e: ESAPI, handle: int):
     return e.tr_from_tpmpublic(handle)
 
 
-def primary(e: ESAPI):
+def primary(e: ESAPI, auth: bytes = b"", session=ESYS_TR.PASSWORD):
     pub = TPM2B_PUBLIC.parse(
         "rsa2048", objectAttributes=TPMA_OBJECT.DEFAULT_TPM2_TOOLS_CREATEPRIMARY_ATTRS
     )
-    handle, *_ = e.create_primary(TPM2B_SENSITIVE_CREATE(), pub)
+    sens = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(auth)))
+    handle, *_ = e.create_primary(sens, pub, session1=session)
+    if auth:
+        e.tr_set_auth(handle, auth)
     return handle
 
 
@@ -57,16 +60,29 @@ def primary(e: ESAPI):
 POLICY_AUTHVALUE = hashlib.sha256(b"\0" * 32 + (0x16B).to_bytes(4, "big")).digest()
 
 
-def sealed_object(e: ESAPI, parent, secret: bytes, session=ESYS_TR.PASSWORD, policy: bytes = b""):
-    sens = TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE(data=TPM2B_SENSITIVE_DATA(secret)))
+def sealed_object(
+    e: ESAPI,
+    parent,
+    secret: bytes,
+    session=ESYS_TR.PASSWORD,
+    policy: bytes = b"",
+    session2=ESYS_TR.NONE,
+    auth: bytes = b"",
+):
+    sens = TPM2B_SENSITIVE_CREATE(
+        TPMS_SENSITIVE_CREATE(userAuth=TPM2B_AUTH(auth), data=TPM2B_SENSITIVE_DATA(secret))
+    )
     pub = TPM2B_PUBLIC.parse(
         "keyedhash",
         objectAttributes=TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT,
     )
     if policy:
         pub.publicArea.authPolicy = policy
-    priv, pub2, *_ = e.create(parent, sens, pub, session1=session)
-    return e.load(parent, priv, pub2)
+    priv, pub2, *_ = e.create(parent, sens, pub, session1=session, session2=session2)
+    obj = e.load(parent, priv, pub2)
+    if auth:
+        e.tr_set_auth(obj, auth)
+    return obj
 
 
 def session(e: ESAPI, kind: str, tpm_key=ESYS_TR.NONE, bind=ESYS_TR.NONE):
@@ -77,8 +93,17 @@ def session(e: ESAPI, kind: str, tpm_key=ESYS_TR.NONE, bind=ESYS_TR.NONE):
     return s
 
 
+PRIMARY_AUTH = b"primary-auth-5150"
+OBJECT_AUTH = b"object-auth-8086"
+PERSISTENT = 0x81000077
+
+
 def seal_unseal(tcti: str, kind: str) -> bytes:
-    """kind: password | salted | unsalted | xor | xor-salted | bound | policy."""
+    """kind: password | salted | unsalted | xor | xor-salted | bound | policy, and the
+    issue #9 matrix: salted-persistent | bound-learned | bound-hidden | pw-plus-encrypt |
+    policy-password."""
+    if kind in MATRIX:
+        return MATRIX[kind](tcti)
     e = esapi(tcti)
     try:
         prim = primary(e)
@@ -141,3 +166,113 @@ def nv_roundtrip(tcti: str, encrypted: bool, index: int = 0x01500020) -> bytes:
     finally:
         flush_all(e)
         e.close()
+
+
+def _run(tcti: str, body) -> bytes:
+    e = esapi(tcti)
+    try:
+        return body(e)
+    finally:
+        flush_all(e)
+        e.close()
+
+
+def _seal_with(e: ESAPI, parent, s) -> bytes:
+    obj = sealed_object(e, parent, SECRET, session=s)
+    out = bytes(e.unseal(obj, session1=s))
+    e.flush_context(s)
+    return out
+
+
+def salted_persistent(tcti: str) -> bytes:
+    """A session salted by a persistent key (EvictControl'd primary): pass."""
+
+    def body(e: ESAPI) -> bytes:
+        prim = primary(e)
+        pers = e.evict_control(ESYS_TR.RH_OWNER, prim, PERSISTENT)
+        e.flush_context(prim)
+        try:
+            return _seal_with(e, pers, session(e, "aes", tpm_key=pers))
+        finally:
+            e.evict_control(ESYS_TR.RH_OWNER, pers, PERSISTENT)
+
+    return _run(tcti, body)
+
+
+def bound_learned(tcti: str) -> bytes:
+    """Bound to a primary whose userAuth crossed in clear (CreatePrimary, password): fail."""
+
+    def body(e: ESAPI) -> bytes:
+        prim = primary(e, PRIMARY_AUTH)
+        return _seal_with(e, prim, session(e, "aes", bind=prim))
+
+    return _run(tcti, body)
+
+
+def bound_hidden(tcti: str) -> bytes:
+    """Bound to a primary whose userAuth crossed only under a salted session: pass."""
+
+    def body(e: ESAPI) -> bytes:
+        salt = primary(e)
+        s0 = session(e, "aes", tpm_key=salt)
+        prim = primary(e, PRIMARY_AUTH, session=s0)
+        e.flush_context(s0)
+        e.flush_context(salt)
+        return _seal_with(e, prim, session(e, "aes", bind=prim))
+
+    return _run(tcti, body)
+
+
+def pw_plus_encrypt(tcti: str) -> bytes:
+    """Password authorisation plus a separate unsalted encrypt session in slot 2: fail."""
+
+    def body(e: ESAPI) -> bytes:
+        prim = primary(e)
+        s = session(e, "aes")
+        obj = sealed_object(e, prim, SECRET, session=ESYS_TR.PASSWORD, session2=s, auth=OBJECT_AUTH)
+        out = bytes(e.unseal(obj, session1=ESYS_TR.PASSWORD, session2=s))
+        e.flush_context(s)
+        return out
+
+    return _run(tcti, body)
+
+
+def policy_password(tcti: str) -> bytes:
+    """PolicyPassword: the command's HMAC field is the object's authValue, in clear."""
+
+    def body(e: ESAPI) -> bytes:
+        prim = primary(e)
+        enc = session(e, "aes", tpm_key=prim)
+        obj = sealed_object(e, prim, SECRET, session=enc, policy=POLICY_AUTHVALUE, auth=OBJECT_AUTH)
+        e.flush_context(enc)
+        s = session(e, "policy")
+        e.policy_password(s)
+        return bytes(e.unseal(obj, session1=s))
+
+    return _run(tcti, body)
+
+
+def policy_authvalue(tcti: str) -> bytes:
+    """PolicyAuthValue with an object authValue that crossed only encrypted: the policy
+    session's key includes it, so the Unseal stays ENCRYPTED: pass."""
+
+    def body(e: ESAPI) -> bytes:
+        prim = primary(e)
+        enc = session(e, "aes", tpm_key=prim)
+        obj = sealed_object(e, prim, SECRET, session=enc, policy=POLICY_AUTHVALUE, auth=OBJECT_AUTH)
+        e.flush_context(enc)
+        s = session(e, "policy")
+        e.policy_auth_value(s)
+        return bytes(e.unseal(obj, session1=s))
+
+    return _run(tcti, body)
+
+
+MATRIX = {
+    "salted-persistent": salted_persistent,
+    "bound-learned": bound_learned,
+    "bound-hidden": bound_hidden,
+    "pw-plus-encrypt": pw_plus_encrypt,
+    "policy-password": policy_password,
+    "policy-authvalue-hidden": policy_authvalue,
+}

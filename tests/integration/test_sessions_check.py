@@ -96,10 +96,13 @@ def test_salted_aes_cfb_passes(captured, tmp_path):
     pcap = captured["salted"]
     create = one(pcap, "Create", Direction.COMMAND)
     assert create.verdict is Verdict.ENCRYPTED
-    assert create.tpm.param.strength == "salted AES-128-CFB"
+    assert create.tpm.param.strength == "AES-128-CFB, salted by primary key in owner hierarchy"
     facts = create.tpm.sessions[0].facts
     assert facts.salted and not facts.bound and facts.salt_key == "primary key in owner hierarchy"
-    assert one(pcap, "Unseal", Direction.RESPONSE).tpm.param.word == "ENCRYPTED(salted AES-128-CFB)"
+    assert (
+        one(pcap, "Unseal", Direction.RESPONSE).tpm.param.word
+        == "ENCRYPTED(AES-128-CFB, salted by primary key in owner hierarchy)"
+    )
     p = check(
         pcap,
         "--secret",
@@ -134,12 +137,17 @@ def test_xor_sessions(captured):
     assert weak.verdict is Verdict.WEAK and weak.tpm.param.recovered == SECRET
     assert "XOR-SHA256" in weak.tpm.param.strength
     salted = one(captured["xor-salted"], "Unseal", Direction.RESPONSE)
-    assert salted.verdict is Verdict.ENCRYPTED and salted.tpm.param.strength == "XOR obfuscation"
+    assert salted.verdict is Verdict.ENCRYPTED
+    assert salted.tpm.param.strength == "XOR-SHA256, salted by primary key in owner hierarchy"
 
 
 def test_bound_session(captured):
+    """Bound to a primary key with an empty authValue: the sessionKey derives from wire
+    data alone, and the session's HMAC proves it (issue #9)."""
     rsp = one(captured["bound"], "Unseal", Direction.RESPONSE)
-    assert rsp.tpm.param.word == "ENCRYPTED(bound AES-128-CFB)"
+    assert rsp.verdict is Verdict.WEAK and rsp.tpm.param.proof == "hmac"
+    assert rsp.tpm.param.recovered == SECRET
+    assert "bound to 0x80000000, empty authValue" in rsp.tpm.param.strength
 
 
 def test_policy_session(captured):
@@ -152,7 +160,10 @@ def test_nv_with_and_without_encryption(captured):
     plain, enc = captured["nv-plain"], captured["nv-enc"]
     assert one(plain, "NV_Write", Direction.COMMAND).verdict is Verdict.PLAINTEXT
     assert one(plain, "NV_Read", Direction.RESPONSE).verdict is Verdict.PLAINTEXT
-    assert one(enc, "NV_Write", Direction.COMMAND).tpm.param.word == "ENCRYPTED(salted AES-128-CFB)"
+    assert (
+        one(enc, "NV_Write", Direction.COMMAND).tpm.param.word
+        == "ENCRYPTED(AES-128-CFB, salted by primary key in owner hierarchy)"
+    )
     assert one(enc, "NV_Read", Direction.RESPONSE).verdict is Verdict.ENCRYPTED
     nv = ["--require-encrypted", "NV_Write", "--require-encrypted", "NV_Read"]
     assert check(enc, "--secret", SECRET.decode(), *nv).returncode == 0
@@ -186,7 +197,7 @@ def test_tpm2_tools_default_leaks_and_sessions_fix_it(tpm, tmp_path):
         f for f in frames(sniff.pcap) if f.name == "Unseal" and f.direction is Direction.RESPONSE
     ]
     assert [f.verdict for f in unseals] == [Verdict.PLAINTEXT, Verdict.ENCRYPTED]
-    assert unseals[1].tpm.param.strength.startswith("salted")
+    assert "salted by" in unseals[1].tpm.param.strength
     p = check(sniff.pcap, "--secret", SECRET.decode())
     assert p.returncode == 1
     assert "Create command" in p.stdout and "Unseal response" in p.stdout
@@ -220,14 +231,14 @@ def test_pytest_plugin(tpm, tpmsniff_proxy):
 def test_empty_and_corrupt_captures(tmp_path):
     empty = tmp_path / "empty.pcapng"
     PcapngSink(str(empty)).close()
-    p = check(empty, "--secret", "x")
+    p = check(empty, "--secret", "absent-secret-7")
     assert p.returncode == 1 and "no TPM messages" in p.stdout
-    assert check(empty, "--secret", "x", "--allow-empty").returncode == 0
+    assert check(empty, "--secret", "absent-secret-7", "--allow-empty").returncode == 0
     p = check(empty, "--require-encrypted", "Unseal", "--allow-empty")
     assert p.returncode == 0
     garbage = tmp_path / "garbage.pcapng"
     garbage.write_bytes(b"this is not a capture at all")
-    p = check(garbage, "--secret", "x")
+    p = check(garbage, "--secret", "absent-secret-7")
     assert (
         p.returncode == 2
         and len(p.stderr.strip().splitlines()) == 1
@@ -237,9 +248,9 @@ def test_empty_and_corrupt_captures(tmp_path):
     PcapngSink(str(good)).close()
     truncated = tmp_path / "truncated.pcapng"
     truncated.write_bytes(good.read_bytes()[:-7])
-    p = check(truncated, "--secret", "x")
+    p = check(truncated, "--secret", "absent-secret-7")
     assert p.returncode == 2 and "truncated" in p.stderr
-    p = check(tmp_path / "missing.pcapng", "--secret", "x")
+    p = check(tmp_path / "missing.pcapng", "--secret", "absent-secret-7")
     assert p.returncode == 2 and "missing.pcapng" in p.stderr
     assert check(empty).returncode == 2  # nothing to check is a usage error
     assert check(empty, "--require-encrypted", "Bogus").returncode == 2

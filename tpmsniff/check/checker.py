@@ -8,13 +8,14 @@ is a failure unless the caller allows it.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..model import Channel, Frame, Verdict
 from .findings import Finding, field_at
 from .requirements import Requirement
 from .secrets import Secret
+from .sensitive import SensitivePolicy
 
 
 @dataclass
@@ -23,10 +24,12 @@ class Checker:
     requires: list[Requirement] = field(default_factory=list)
     allow_weak: bool = False
     allow_empty: bool = False
+    sensitive: SensitivePolicy | None = None
     findings: list[Finding] = field(default_factory=list)
     tpm_frames: int = 0
     seen: dict[Requirement, int] = field(default_factory=lambda: defaultdict(int))
-    _streams: dict[tuple[int, str, str], bytearray] = field(default_factory=dict)
+    _streams: dict[tuple[int, str, int], bytearray] = field(default_factory=dict)
+    _decoded_hits: dict[tuple[str, int, str], int] = field(default_factory=dict)
     file: str | None = None
 
     def feed(self, f: Frame) -> list[Finding]:
@@ -36,6 +39,8 @@ class Checker:
         for sec in self.secrets:
             new += self._search(f, sec)
         new += self._require(f)
+        if self.sensitive is not None:
+            new += [replace(x, **self._base(f)) for x in self.sensitive.findings(f)]
         self.findings += new
         return new
 
@@ -55,25 +60,35 @@ class Checker:
                 out.append(
                     Finding(
                         "secret",
-                        f"secret {sec.label!r}{how} in clear",
+                        f"{sec.label}{how} in clear",
                         offset=start,
                         field=field_at(f, start),
+                        secret=sec.number,
                         **self._base(f),
                     )
                 )
+            if self.file is not None:
+                k = (self.file, sec.number, enc)
+                self._decoded_hits[k] = self._decoded_hits.get(k, 0) + f.raw.count(needle)
             rec = f.tpm.param.recovered if f.tpm is not None else None
             if rec and needle in rec:
                 out.append(
                     Finding(
                         "secret",
-                        f"secret {sec.label!r} recovered by decrypting a weak session",
+                        f"{sec.label} recovered by decrypting a weak session"
+                        + (
+                            f" (proof={f.tpm.param.proof})"
+                            if f.tpm is not None and f.tpm.param.proof
+                            else ""
+                        ),
                         offset=rec.find(needle),
                         field="parameter[0] (recovered by decryption)",
+                        secret=sec.number,
                         **self._base(f),
                     )
                 )
         # across message boundaries within one direction of one stream
-        key = (f.conn, str(f.direction), sec.label)
+        key = (f.conn, str(f.direction), sec.number)
         buf = self._streams.setdefault(key, bytearray())
         before = len(buf)
         buf += f.raw
@@ -85,13 +100,44 @@ class Checker:
                 out.append(
                     Finding(
                         "secret",
-                        f"secret {sec.label!r} spans a message boundary",
+                        f"{sec.label} spans a message boundary",
                         offset=window_start + idx - before,
                         field="stream",
+                        secret=sec.number,
                         **self._base(f),
                     )
                 )
         del buf[: max(0, len(buf) - (n - 1))]  # keep only what can still start a match
+        return out
+
+    def scan_raw(self, path: str, data: bytes) -> list[Finding]:
+        """Search a whole input file's bytes for every secret, independently of parsing.
+
+        Call after its frames were fed. Occurrences beyond those counted inside decoded
+        messages of that file are findings: a secret present in an input never passes."""
+        out = []
+        for sec in self.secrets:
+            for enc, needle in sec.encodings():
+                if not needle:
+                    continue
+                total = data.count(needle)
+                inside = self._decoded_hits.get((path, sec.number, enc), 0)
+                if total <= inside:
+                    continue
+                how = "" if enc == "raw" else f" ({enc}-encoded)"
+                first = data.find(needle)
+                if inside == 0:
+                    msg = (
+                        f"{sec.label}{how} found in the raw file at offset {first}, "
+                        "outside any decoded message"
+                    )
+                else:
+                    msg = (
+                        f"{sec.label}{how} found {total} time(s) in the raw file (first at "
+                        f"offset {first}), only {inside} inside decoded messages"
+                    )
+                out.append(Finding("secret", msg, file=path, secret=sec.number))
+        self.findings += out
         return out
 
     def _require(self, f: Frame) -> list[Finding]:

@@ -14,7 +14,7 @@ ST_SESSIONS = int(TPM2_ST.SESSIONS)
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    kind: str  # "secret" | "not-encrypted" | "weak" | "empty" | "not-seen"
+    kind: str  # "secret" | "sensitive" | "not-encrypted" | "weak" | "empty" | "not-seen"
     message: str
     frame: int | None = None
     conn: int | None = None
@@ -23,6 +23,7 @@ class Finding:
     offset: int | None = None
     field: str | None = None
     file: str | None = None
+    secret: int | None = None  # kind "secret": the number N of `secret #N`
 
     def text(self) -> str:
         where = []

@@ -1,34 +1,60 @@
-"""Check reports for CI: a JSON summary and a JUnit XML file (docs/ci.md)."""
+"""Check reports for CI: a JSON summary and a JUnit XML file (docs/ci.md).
+
+Secrets appear only by label (`secret #N (sha256:…)`). Reports are opened with
+`safefile.open_private`: created 0600, never through a symlink, never another user's
+file (UnsafeFile, an OSError, is raised for those).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
+from ..safefile import open_private
 from .checker import Checker
 from .findings import Finding
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = open_private(path)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 def _finding_dict(f: Finding) -> dict[str, object]:
     return {k: getattr(f, k) for k in f.__slots__ if getattr(f, k) is not None}
 
 
-def write_json(path: str, checker: Checker, frames: int, inputs: list[str]) -> None:
-    Path(path).write_text(
-        json.dumps(
-            {
-                "result": "fail" if checker.failed else "pass",
-                "inputs": inputs,
-                "messages": frames,
-                "tpm_messages": checker.tpm_frames,
-                "secrets": [s.label for s in checker.secrets],
-                "require_encrypted": [str(r) for r in checker.requires],
-                "findings": [_finding_dict(f) for f in checker.findings],
-            },
-            indent=2,
-        )
-        + "\n"
+def write_json(
+    path: str,
+    checker: Checker,
+    frames: int,
+    inputs: list[str],
+    partial: list[str] | None = None,
+    *,
+    incomplete: bool = False,
+) -> None:
+    result = "fail" if checker.failed else "incomplete" if incomplete else "pass"
+    _write(
+        path,
+        (
+            json.dumps(
+                {
+                    "result": result,
+                    "inputs": inputs,
+                    "messages": frames,
+                    "tpm_messages": checker.tpm_frames,
+                    "secrets": [s.label for s in checker.secrets],
+                    "sensitive": checker.sensitive is not None,
+                    "require_encrypted": [str(r) for r in checker.requires],
+                    "partial_inputs": partial or [],
+                    "findings": [_finding_dict(f) for f in checker.findings],
+                },
+                indent=2,
+            )
+            + "\n"
+        ).encode(),
     )
 
 
@@ -39,8 +65,8 @@ def write_junit(path: str, checker: Checker, inputs: list[str]) -> None:
     for s in checker.secrets:
         cases.append(
             (
-                f"secret {s.label!r} never in clear",
-                [f for f in checker.findings if f.kind == "secret" and repr(s.label) in f.message],
+                f"{s.label} never readable",
+                [f for f in checker.findings if f.kind == "secret" and f.secret == s.number],
             )
         )
     for r in checker.requires:
@@ -50,8 +76,15 @@ def write_junit(path: str, checker: Checker, inputs: list[str]) -> None:
                 [
                     f
                     for f in checker.findings
-                    if f.kind != "secret" and f.kind != "empty" and str(r) in f.message
+                    if f.kind in ("not-encrypted", "weak", "not-seen") and str(r) in f.message
                 ],
+            )
+        )
+    if checker.sensitive is not None:
+        cases.append(
+            (
+                "no sensitive value readable",
+                [f for f in checker.findings if f.kind == "sensitive"],
             )
         )
     suite = ET.Element(
@@ -67,4 +100,4 @@ def write_junit(path: str, checker: Checker, inputs: list[str]) -> None:
             fail.text = "\n".join(f.text() for f in fs)
     root = ET.Element("testsuites", name=" ".join(inputs))
     root.append(suite)
-    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+    _write(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))

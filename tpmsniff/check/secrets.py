@@ -1,15 +1,32 @@
-"""Secrets that must never cross the TPM bus readable, and the encodings searched for."""
+"""Secrets that must never cross the TPM bus readable, and the encodings searched for.
+
+A secret is never its own label: everything tpmsniff prints, logs or writes names it
+`secret #N (sha256:xxxxxx…)` (docs/ci.md). The value stays in memory only.
+"""
 
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class Secret:
-    label: str
-    value: bytes
+    value: bytes = field(repr=False)
+    number: int = 1
+
+    @property
+    def fingerprint(self) -> str:
+        """The first 6 hex digits of SHA-256(value): enough to tell secrets apart."""
+        return hashlib.sha256(self.value).hexdigest()[:6]
+
+    @property
+    def label(self) -> str:
+        return f"secret #{self.number} (sha256:{self.fingerprint}…)"
+
+    def __repr__(self) -> str:
+        return f"Secret({self.label})"
 
     def encodings(self) -> list[tuple[str, bytes]]:
         v = self.value
@@ -19,3 +36,15 @@ class Secret:
             ("HEX", v.hex().upper().encode()),
             ("base64", base64.b64encode(v)),
         ]
+
+    def find_all(self, data: bytes) -> list[tuple[str, int]]:
+        """(encoding, offset) of every occurrence of the secret in `data`, in any encoding."""
+        hits: list[tuple[str, int]] = []
+        for enc, needle in self.encodings():
+            if not needle:
+                continue
+            start = data.find(needle)
+            while start >= 0:
+                hits.append((enc, start))
+                start = data.find(needle, start + 1)
+        return hits

@@ -1,6 +1,7 @@
-"""`tpmsniff check`: assert on captures that no secret crossed the bus in clear.
+"""`tpmsniff check`: assert on captures that no secret crossed the bus readable.
 
-Exit codes: 0 pass, 1 violation, 2 usage error or unreadable input (one line, no traceback).
+Exit codes: 0 pass, 1 violation, 2 usage error, unreadable or partly readable input, or a
+report that cannot be written (one line, no traceback).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import sys
 from typing import NoReturn
 
 from ..check.reports import write_json, write_junit
-from ..inputs import InputError, replay
+from ..inputs import InputError, PartialInput, replay
+from ..safefile import UnsafeFile
 from ..sinks.check import CheckSink
-from .args import add_secret_args, build_checker
+from .args import add_secret_args, build_checker, checker_wanted
 
 EXIT_PASS, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
 
@@ -26,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="tpmsniff check",
         description="Check captures: no secret in clear, required encryption present.",
-        epilog="exit codes: 0 pass, 1 violation, 2 usage error or unreadable input",
+        epilog="exit codes: 0 pass, 1 violation, 2 usage error, unreadable or partly "
+        "readable input, or unwritable report",
     )
     p.add_argument(
         "inputs",
@@ -35,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="captures or swtpm logs, as `tpmsniff decode` reads them",
     )
     add_secret_args(p)
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="check what could be read of an input that breaks part-way, instead of exiting 2",
+    )
     p.add_argument("--json", metavar="FILE", help="write a JSON report")
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
     return p
@@ -42,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_intermixed_args(argv)
-    if not (args.secret or args.secret_hex or args.secret_file or args.require_encrypted):
+    if not checker_wanted(args):
         print(
-            "tpmsniff check: error: give --secret/--secret-hex/--secret-file or "
-            "--require-encrypted",
+            "tpmsniff check: error: give --secret/--secret-hex/--secret-file, "
+            "--sensitive or --require-encrypted",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -54,8 +62,12 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"tpmsniff check: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    partial: list[PartialInput] = []
     try:
-        frames = replay(args.inputs, CheckSink(checker, log_findings=False), auth)
+        frames = replay(args.inputs, CheckSink(checker, log_findings=False), auth, partial=partial)
+        if checker.secrets:
+            for path in args.inputs:  # fail closed: the file's bytes, whatever parsed
+                checker.scan_raw(path, _read(path))
     except InputError as exc:
         print(f"tpmsniff check: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -63,13 +75,47 @@ def main(argv: list[str]) -> int:
     checker.finish()
     for f in checker.findings:
         print(f.text())
-    verdict = "FAIL" if checker.failed else "PASS"
+    for p in partial:
+        print(f"PARTIAL: {p.text()}")
+    incomplete = bool(partial) and not args.allow_partial
+    verdict = "FAIL" if checker.failed else "INCOMPLETE" if incomplete else "PASS"
     print(
         f"{verdict}: {len(checker.findings)} finding(s) in {frames} message(s) "
         f"from {len(args.inputs)} input(s)"
     )
-    if args.json:
-        write_json(args.json, checker, frames, args.inputs)
-    if args.junit:
-        write_junit(args.junit, checker, args.inputs)
+    try:
+        if args.json:
+            write_json(
+                args.json,
+                checker,
+                frames,
+                args.inputs,
+                [p.text() for p in partial],
+                incomplete=incomplete,
+            )
+        if args.junit:
+            write_junit(args.junit, checker, args.inputs)
+    except OSError as exc:
+        print(f"tpmsniff check: error: report {exc.filename or ''}{_why(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    if incomplete:
+        print(
+            f"tpmsniff check: error: {partial[0].text()} (--allow-partial checks what was read)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     return EXIT_VIOLATION if checker.failed else EXIT_PASS
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+
+
+def _why(exc: OSError) -> str:
+    if isinstance(exc, UnsafeFile):
+        return str(exc.strerror)
+    return f": {exc.strerror}"

@@ -33,7 +33,7 @@ from ..transport.endpoints import check_unix_upstream, check_upstream
 from ..transport.errors import StartupError
 from ..transport.notify import notify
 from ..transport.relay import Relay
-from .args import add_secret_args, build_checker
+from .args import add_secret_args, build_checker, checker_wanted
 from .logs import configure
 
 EXIT_OK, EXIT_USAGE, EXIT_STARTUP = 0, 2, 3
@@ -235,7 +235,7 @@ def make_sinks(args: argparse.Namespace) -> list[FrameConsumer]:
         )
     if args.jsonl:
         sinks.append(JsonlSink(args.jsonl))
-    if args.secret or args.secret_hex or args.secret_file or args.require_encrypted:
+    if checker_wanted(args):
         checker, _ = build_checker(args)
         sinks.append(CheckSink(checker, console.out if console is not None else None))
     return sinks

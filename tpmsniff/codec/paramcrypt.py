@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFHMAC, CounterLocation, Mode
 
@@ -70,3 +70,70 @@ def decrypt_param(
         dec = Cipher(algorithms.AES(key), CFB(iv)).decryptor()
         return dec.update(data) + dec.finalize()
     return None
+
+
+def digest(hash_alg: int, *parts: bytes) -> bytes:
+    h = hashes.Hash(HASHES[hash_alg]())
+    for p in parts:
+        h.update(p)
+    return h.finalize()
+
+
+def hmac_digest(hash_alg: int, key: bytes, *parts: bytes) -> bytes:
+    h = hmac.HMAC(key, HASHES[hash_alg]())
+    for p in parts:
+        h.update(p)
+    return h.finalize()
+
+
+def digest_size(hash_alg: int) -> int:
+    return HASHES[hash_alg]().digest_size
+
+
+def strip_auth(auth: bytes) -> bytes:
+    """An authValue as the TPM uses it in keys: trailing zero octets removed (Part 1 §19.6.4.3)."""
+    return auth.rstrip(b"\0")
+
+
+def session_key(
+    hash_alg: int, bind_auth: bytes, nonce_tpm: bytes, nonce_caller: bytes, salt: bytes = b""
+) -> bytes:
+    """sessionKey of an unsalted (salt=b"") session: empty if neither bound nor salted, else
+    KDFa(authHash, bind.authValue ‖ salt, "ATH", nonceTPM, nonceCaller, digest bits)
+    (Part 1 §19.6.8)."""
+    key = strip_auth(bind_auth) + salt
+    return kdfa(hash_alg, key, b"ATH", nonce_tpm, nonce_caller, 8 * digest_size(hash_alg))
+
+
+def command_hmac(
+    hash_alg: int,
+    key: bytes,
+    cc: int,
+    names: list[bytes],
+    cp_buffer: bytes,
+    nonce_caller: bytes,
+    nonce_tpm: bytes,
+    attrs: int,
+    extra_nonces: bytes = b"",
+) -> bytes:
+    """HMAC(sessionValue, cpHash ‖ nonceCaller ‖ nonceTPM ‖ [decrypt/encrypt nonceTPM] ‖
+    sessionAttributes), cpHash = H(commandCode ‖ Names ‖ parameters) (Part 1 §19.6.5, §18.7)."""
+    cp_hash = digest(hash_alg, cc.to_bytes(4, "big"), *names, cp_buffer)
+    return hmac_digest(
+        hash_alg, key, cp_hash, nonce_caller, nonce_tpm, extra_nonces, bytes([attrs & 0xFF])
+    )
+
+
+def response_hmac(
+    hash_alg: int,
+    key: bytes,
+    cc: int,
+    rp_buffer: bytes,
+    nonce_tpm: bytes,
+    nonce_caller: bytes,
+    attrs: int,
+) -> bytes:
+    """HMAC(sessionValue, rpHash ‖ nonceTPM ‖ nonceCaller ‖ sessionAttributes),
+    rpHash = H(responseCode(0) ‖ commandCode ‖ parameters) (Part 1 §19.6.5)."""
+    rp_hash = digest(hash_alg, b"\0\0\0\0", cc.to_bytes(4, "big"), rp_buffer)
+    return hmac_digest(hash_alg, key, rp_hash, nonce_tpm, nonce_caller, bytes([attrs & 0xFF]))

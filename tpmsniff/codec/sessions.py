@@ -5,17 +5,51 @@ end on FlushContext or on a successful response to a command that cleared
 continueSession. Handles are global on a TPM, so one tracker serves every connection to
 one upstream TPM; a session first seen mid-stream is of "unknown" origin. The tracker
 also remembers where loaded keys came from, to say what a salt key is.
+
+Derivation (TPM 2.0 Part 1 §19.6, §21): for every session whose salt is absent, the
+sessionKey is computed from the bind entity's authValue candidates (empty, --auth,
+learned from the capture: `AuthBook`), and sessionValue = sessionKey ‖ authValue of the
+authorised entity, except for a session authorising its own bind entity, a session that
+authorises no handle (an extra decrypt/encrypt session), and a policy session before
+PolicyAuthValue. A candidate is kept when the session's HMAC verifies with it
+(proof=hmac); with no HMAC to check (PolicyPassword, names unknown) the first candidate
+is used (proof=none) unless a check of this session already failed with every candidate.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import structlog
 
 from ..model import Param, SessionFacts, TpmInfo, Verdict
-from .paramcrypt import ALG_AES, ALG_NULL, ALG_XOR, HASHES, decrypt_param
+from .authvalues import (
+    CC_CREATE,
+    CC_CREATE_LOADED,
+    CC_CREATE_PRIMARY,
+    CC_HIERARCHY_CHANGE_AUTH,
+    CC_NV_CHANGE_AUTH,
+    CC_NV_DEFINE,
+    CC_OBJECT_CHANGE_AUTH,
+    AuthBook,
+    Readable,
+    readable_values,
+)
+from .names import NameBook
+from .paramcrypt import (
+    ALG_AES,
+    ALG_NULL,
+    ALG_XOR,
+    HASHES,
+    command_hmac,
+    decrypt_param,
+    response_hmac,
+    session_key,
+    strip_auth,
+)
 
 log = structlog.get_logger("tpmsniff.sessions")
 
@@ -23,13 +57,15 @@ TPM_RS_PW = 0x40000009
 TPM_RH_NULL = 0x40000007
 CONTINUE, DECRYPT, ENCRYPT = 0x01, 0x20, 0x40
 CC_START_AUTH_SESSION, CC_FLUSH = 0x176, 0x165
-CC_CREATE_PRIMARY, CC_LOAD, CC_LOAD_EXTERNAL, CC_CONTEXT_LOAD, CC_CREATE_LOADED = (
-    0x131,
-    0x157,
-    0x167,
-    0x161,
-    0x191,
-)
+CC_LOAD, CC_LOAD_EXTERNAL, CC_CONTEXT_LOAD = 0x157, 0x167, 0x161
+CC_POLICY_AUTH_VALUE, CC_POLICY_PASSWORD, CC_POLICY_RESTART = 0x16B, 0x18C, 0x180
+# commands whose handles need no authorization (Part 3 "@" handles), and those with two
+ZERO_AUTH = {
+    0x173, 0x169, 0x162, 0x176, 0x174, 0x163, 0x177, 0x168, 0x160, 0x172, 0x171, 0x17F,
+    0x16F, 0x16D, 0x16C, 0x187, 0x16E, 0x170, 0x188, 0x16A, 0x16B, 0x18C, 0x189, 0x18F,
+    0x190, 0x180,
+}  # fmt: skip
+TWO_AUTH = {0x148, 0x147, 0x11F, 0x184, 0x14D, 0x133, 0x14C, 0x197, 0x185}
 SE_TYPES = {0: "hmac", 1: "policy", 3: "trial"}
 HIERARCHIES = {
     0x40000001: "owner",
@@ -68,6 +104,13 @@ def parse_auth(text: str) -> tuple[int, bytes]:
     return h, value.encode()
 
 
+def auth_handle_count(cc: int | None, handles: int) -> int:
+    """How many of a command's handles are authorised by its first sessions."""
+    if cc is None or not handles or cc in ZERO_AUTH:
+        return 0
+    return min(handles, 2 if cc in TWO_AUTH else 1)
+
+
 @dataclass(slots=True)
 class _Sess:
     facts: SessionFacts
@@ -77,13 +120,47 @@ class _Sess:
     auth_hash: int = 0x000B
     nonce_tpm: bytes = b""
     nonce_caller: bytes = b""
+    start_tpm: bytes = b""  # nonces of StartAuthSession, for the sessionKey
+    start_caller: bytes = b""
+    bind: int = TPM_RH_NULL
+    bind_name: bytes | None = None
+    salted: bool = False
+    key: bytes | None = None  # the sessionKey, once an HMAC proved it
+    key_src: str = ""
+    key_auth: bytes = b""
+    failed: bool = False  # an HMAC of this session verified with no candidate
+    policy: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    """One candidate sessionValue (HMAC key and parameter-encryption key)."""
+
+    value: bytes  # the HMAC key
+    enc: bytes  # the parameter-encryption key
+    key: bytes
+    key_src: str
+    auth: tuple[bytes, str] | None  # the entity authValue, if the session authorises one
+    auth_in_hmac: bool  # the HMAC covers the authValue too (so a match proves it)
+    bind_auth: bytes = b""  # the bind authValue the sessionKey was derived with
+
+
+@dataclass(slots=True)
+class _Check:
+    """The outcome of checking one session's HMAC on one message."""
+
+    status: str  # "ok" | "fail" | "none" (nothing to check)
+    value: _Value | None = None
+    candidates: list[_Value] = field(default_factory=list)
 
 
 @dataclass(slots=True)
 class _Pending:
     info: TpmInfo
+    msg: bytes = b""
     start: dict[str, Any] | None = None
     drop: list[int] = field(default_factory=list)
+    readable: list[Readable] = field(default_factory=list)
 
 
 def _sym_text(alg: int, bits: int, mode: int) -> str:
@@ -96,9 +173,44 @@ def _sym_text(alg: int, bits: int, mode: int) -> str:
     return f"{name}-{bits}-{m}"
 
 
+def _cp_buffer(msg: bytes, nh: int, tag: int) -> bytes:
+    off = 10 + 4 * nh
+    if tag == 0x8002:
+        off += 4 + int.from_bytes(msg[off : off + 4], "big")
+    return msg[off:]
+
+
+def _command_mac(
+    h: int,
+    cc: int,
+    names: list[bytes],
+    cp: bytes,
+    nonce: bytes,
+    older: bytes,
+    attrs: int,
+    extra: bytes,
+    key: bytes,
+) -> bytes:
+    return command_hmac(h, key, cc, names, cp, nonce, older, attrs, extra)
+
+
+def _response_mac(
+    h: int, cc: int, rp: bytes, nonce: bytes, older: bytes, attrs: int, key: bytes
+) -> bytes:
+    return response_hmac(h, key, cc, rp, nonce, older, attrs)
+
+
+def _rp_buffer(msg: bytes, nh: int) -> bytes:
+    off = 10 + 4 * nh
+    psize = int.from_bytes(msg[off : off + 4], "big")
+    return msg[off + 4 : off + 4 + psize]
+
+
 class SessionTracker:
     def __init__(self, auth: dict[int, bytes] | None = None) -> None:
         self.auth = auth or {}
+        self.book = AuthBook(self.auth)
+        self.names = NameBook()
         self.sessions: dict[int, _Sess] = {}
         self.objects: dict[int, str] = {}
         self._pending: dict[int, _Pending] = {}
@@ -111,7 +223,7 @@ class SessionTracker:
             return SessionFacts(handle, "password", salted=False, bound=False, symmetric="NULL")
         s = self.sessions.get(handle)
         if s is not None:
-            return s.facts
+            return replace(s.facts, policy=s.policy) if s.policy else s.facts
         kind = {0x02: "hmac", 0x03: "policy"}.get(handle >> 24, "unknown")
         return SessionFacts(handle, kind, origin="unknown")
 
@@ -124,18 +236,164 @@ class SessionTracker:
             return f"persistent key 0x{handle:08x}"
         return f"key 0x{handle:08x} (origin unseen)"
 
+    # -- derivation -------------------------------------------------------------
+    def _keys(self, st: _Sess) -> list[tuple[bytes, str, bytes]]:
+        """Candidate (sessionKey, how, bind authValue) an observer can compute (none for a
+        salted session)."""
+        if st.key is not None:
+            return [(st.key, st.key_src, st.key_auth)]
+        if st.salted or st.auth_hash not in HASHES:
+            return []
+        if st.bind == TPM_RH_NULL:
+            return [(b"", "unsalted+unbound", b"")]
+        out = []
+        for auth, src in self.book.candidates(st.bind, st.bind_name):
+            key = session_key(st.auth_hash, auth, st.start_tpm, st.start_caller)
+            out.append((key, f"bound to 0x{st.bind:08x}, {src} authValue", auth))
+        return out
+
+    def _is_bind(self, st: _Sess, entity: int) -> bool:
+        if st.bind == TPM_RH_NULL or entity != st.bind:
+            return False
+        name = self.names.name(entity)
+        return st.bind_name is None or name is None or name == st.bind_name
+
+    def _values(
+        self, st: _Sess, entity: int | None, extra: list[tuple[bytes, str]] | None = None
+    ) -> list[_Value]:
+        """Candidate sessionValues for a session authorising `entity` (None: no handle).
+
+        The HMAC key includes the entity's authValue except for its own bind entity and
+        for a policy session before PolicyAuthValue; the parameter-encryption key includes
+        it whenever the session authorises an entity, bind entity and policy sessions
+        included (what the TPM does: measured with swtpm/libtpms, see docs/verdicts.md)."""
+        keys = self._keys(st)
+        if entity is None:
+            return [_Value(k, k, k, src, None, True, b) for k, src, b in keys]
+        if self._is_bind(st, entity):  # its authValue is the bind authValue of the key
+            return [_Value(k, k + strip_auth(b), k, src, None, True, b) for k, src, b in keys]
+        auths = (extra or []) + self.book.candidates(entity, self.names.name(entity))
+        out = []
+        policy = st.facts.type == "policy"
+        for k, src, b in keys:
+            for a, asrc in auths:
+                enc = k + strip_auth(a)
+                if not policy or st.policy == "authvalue":
+                    out.append(_Value(enc, enc, k, src, (a, asrc), True, b))
+                if policy:  # before PolicyAuthValue (or after a reset): sessionKey alone
+                    out.append(_Value(k, enc, k, src, (a, asrc), False, b))
+        if policy and st.policy != "authvalue":  # also try PolicyAuthValue's key
+            for k, src, b in keys:
+                for a, asrc in auths:
+                    enc = k + strip_auth(a)
+                    out.append(_Value(enc, enc, k, src, (a, asrc), True, b))
+        return out
+
+    def _check(self, st: _Sess, values: list[_Value], mac: bytes, compute: Any | None) -> _Check:
+        if not values:
+            return _Check("fail")
+        if not mac or compute is None or st.policy == "password":
+            return _Check("none", candidates=values)
+        for v in values:
+            try:
+                ok = compute(v.value) == mac
+            except Exception:  # a crypto error must not stop annotation
+                ok = False
+            if ok:
+                if st.key is None:
+                    st.key, st.key_src, st.key_auth = v.key, v.key_src, v.bind_auth
+                st.failed = False
+                return _Check("ok", v, values)
+        st.failed = True
+        return _Check("fail", candidates=values)
+
+    def _entity(self, cmd: TpmInfo, i: int) -> int | None:
+        k = auth_handle_count(cmd.cc, len(cmd.handles))
+        return cmd.handles[i] if i < k else None
+
+    def _check_command(self, info: TpmInfo, msg: bytes) -> dict[int, _Check]:
+        out: dict[int, _Check] = {}
+        names = self.names.names_of(info.handles)
+        cp = _cp_buffer(msg, len(info.handles), info.tag)
+        dec = next((i for i, s in enumerate(info.sessions) if s.attributes & DECRYPT), None)
+        enc = next((i for i, s in enumerate(info.sessions) if s.attributes & ENCRYPT), None)
+        for i, s in enumerate(info.sessions):
+            st = self.sessions.get(s.handle) if s.handle is not None else None
+            if st is None or info.cc is None:
+                continue
+            extra_nonces = b""
+            if i == 0:
+                for j in (dec, enc if enc != dec else None):
+                    if j is not None and j != 0:
+                        other = self.sessions.get(info.sessions[j].handle or 0)
+                        extra_nonces += other.nonce_tpm if other is not None else b""
+            extra = [(s.auth, "PolicyPassword")] if st.policy == "password" and s.auth else None
+            values = self._values(st, self._entity(info, i), extra)
+            compute: Callable[[bytes], bytes] | None = None
+            if names is not None:
+                compute = partial(
+                    _command_mac,
+                    st.auth_hash,
+                    info.cc,
+                    names,
+                    cp,
+                    s.nonce,
+                    st.nonce_tpm,
+                    s.attributes,
+                    extra_nonces,
+                )
+            out[i] = self._check(st, values, s.auth, compute)
+        return out
+
+    def _check_response(self, info: TpmInfo, msg: bytes, pend: _Pending) -> dict[int, _Check]:
+        out: dict[int, _Check] = {}
+        cmd = pend.info
+        if cmd.cc is None:
+            return out
+        rp = _rp_buffer(msg, len(info.handles))
+        extra = self._new_auth(pend)
+        for i, s in enumerate(info.sessions):
+            st = self.sessions.get(s.handle) if s.handle is not None else None
+            if st is None or i >= len(cmd.sessions):
+                continue
+            pw = cmd.sessions[i].auth
+            more = [(pw, "PolicyPassword")] if st.policy == "password" and pw else []
+            values = self._values(st, self._entity(cmd, i), more + extra)
+            compute = partial(
+                _response_mac,
+                st.auth_hash,
+                cmd.cc,
+                rp,
+                s.nonce,
+                cmd.sessions[i].nonce,
+                s.attributes,
+            )
+            out[i] = self._check(st, values, s.auth, compute)
+        return out
+
+    def _new_auth(self, pend: _Pending) -> list[tuple[bytes, str]]:
+        """A readable new authValue of this command: the response HMAC may use it."""
+        cc = pend.info.cc
+        if cc not in (CC_HIERARCHY_CHANGE_AUTH, CC_NV_CHANGE_AUTH):
+            return []
+        return [
+            (r.value, f"{pend.info.name} newAuth") for r in pend.readable if "newAuth" in r.field
+        ]
+
     # -- commands ---------------------------------------------------------------
     def on_command(self, conn: int, info: TpmInfo, msg: bytes) -> TpmInfo:
         if info.sessions:
             sessions = tuple(replace(s, facts=self._facts(s.handle)) for s in info.sessions)
+            info = replace(info, sessions=sessions)
+            checks = self._check_command(info, msg)
+            param = self._grade(info, msg, DECRYPT, checks, command=True)
+            if param is not info.param:
+                info = replace(info, param=param)
             for s in info.sessions:
                 if s.handle in self.sessions:
                     self.sessions[s.handle].nonce_caller = s.nonce
-            info = replace(info, sessions=sessions)
-            param = self._grade(info, msg, DECRYPT, command=True)
-            if param is not info.param:
-                info = replace(info, param=param)
-        pend = _Pending(info)
+        pend = _Pending(info, msg)
+        pend.readable = readable_values(info, msg, True)
         pend.drop = [
             s.handle
             for s in info.sessions
@@ -161,56 +419,129 @@ class SessionTracker:
         if pend is None or info.code != 0:
             return info
         cmd = pend.info
+        checks: dict[int, _Check] = {}
         if info.sessions:
-            sessions = []
+            sessions = [
+                replace(s, facts=self._facts(s.handle) if s.handle else None) for s in info.sessions
+            ]
+            info = replace(info, sessions=tuple(sessions))
+            checks = self._check_response(info, msg, pend)
+            param = self._grade(info, msg, ENCRYPT, checks, command=False, cmd=cmd)
+            if param is not info.param:
+                info = replace(info, param=param)
             for s in info.sessions:
                 if s.handle is not None and s.handle in self.sessions:
                     self.sessions[s.handle].nonce_tpm = s.nonce  # nonceOlder for the next use
-                sessions.append(replace(s, facts=self._facts(s.handle) if s.handle else None))
-            info = replace(info, sessions=tuple(sessions))
-            param = self._grade(info, msg, ENCRYPT, command=False, cmd=cmd)
-            if param is not info.param:
-                info = replace(info, param=param)
-        self._learn(cmd, info, pend)
+        try:
+            self._learn(cmd, info, pend)
+            self._learn_auth(cmd, info, msg, pend, checks)
+        except Exception as exc:  # an odd message must never stop annotation
+            log.debug("learning failed", error=repr(exc))
         for h in pend.drop:
             self.sessions.pop(h, None)
         return info
 
+    def _learn_auth(
+        self, cmd: TpmInfo, rsp: TpmInfo, msg: bytes, pend: _Pending, checks: dict[int, _Check]
+    ) -> None:
+        """authValues that crossed readable in this (successful) exchange."""
+        cc = cmd.cc
+        for r in pend.readable:
+            if cc in (CC_CREATE_PRIMARY, CC_CREATE_LOADED) and r.field.endswith("userAuth"):
+                h = rsp.handles[0] if rsp.handles else None
+                self.book.learn(
+                    r.value, f"{cmd.name} userAuth", h, self.names.name(h) if h else None
+                )
+            elif cc == CC_CREATE and r.field.endswith("userAuth") and len(rsp.params) >= 2:
+                name = bytes(rsp.params[1].get_name())
+                self.book.learn(r.value, "Create userAuth", None, name)
+            elif cc in (CC_HIERARCHY_CHANGE_AUTH, CC_NV_CHANGE_AUTH) and cmd.handles:
+                h = cmd.handles[0]
+                self.book.set_handle(r.value, f"{cmd.name} newAuth", h)
+            elif cc == CC_OBJECT_CHANGE_AUTH and cmd.handles and "newAuth" in r.field:
+                self.book.learn(
+                    r.value, "ObjectChangeAuth newAuth", None, self.names.name(cmd.handles[0])
+                )
+            elif cc == CC_NV_DEFINE and len(cmd.params) >= 2 and r.field.endswith(" auth"):
+                index = int(cmd.params[1].nvPublic.nvIndex)
+                self.book.learn(r.value, "NV_DefineSpace auth", index, self.names.name(index))
+        k = auth_handle_count(cc, len(cmd.handles))
+        for i, s in enumerate(cmd.sessions[:k]):
+            entity = cmd.handles[i]
+            password = s.handle == TPM_RS_PW or (
+                s.facts is not None and s.facts.policy == "password"
+            )
+            if password:
+                self.book.learn(s.auth, "password session", entity, self.names.name(entity))
+            for c in (checks.get(i),):
+                if (
+                    c is not None
+                    and c.status == "ok"
+                    and c.value is not None
+                    and c.value.auth
+                    and c.value.auth_in_hmac
+                ):
+                    a, src = c.value.auth
+                    if a:
+                        self.book.learn(a, src, entity, self.names.name(entity))
+
     def _learn(self, cmd: TpmInfo, rsp: TpmInfo, pend: _Pending) -> None:
         cc = cmd.cc
+        if cc is not None:
+            self.names.on_success(cc, cmd.handles, cmd.params, rsp.handles, rsp.params)
+        if cc in (CC_POLICY_AUTH_VALUE, CC_POLICY_PASSWORD, CC_POLICY_RESTART) and cmd.handles:
+            st = self.sessions.get(cmd.handles[0])
+            if st is not None:
+                st.policy = {CC_POLICY_AUTH_VALUE: "authvalue", CC_POLICY_PASSWORD: "password"}.get(
+                    cc, ""
+                )
         if pend.start is not None and rsp.handles:
-            st = pend.start
-            sym = st["sym"]
+            st0 = pend.start
+            sym = st0["sym"]
             alg = int(sym.algorithm)
             bits = int(sym.keyBits.exclusiveOr) if alg == ALG_XOR else int(sym.keyBits.sym)
             mode = int(sym.mode.sym) if alg not in (ALG_XOR, ALG_NULL) else 0
-            salted = st["tpm_key"] != TPM_RH_NULL and st["salt_len"] > 0
-            bound = st["bind"] != TPM_RH_NULL
+            salted = st0["tpm_key"] != TPM_RH_NULL and st0["salt_len"] > 0
+            bound = st0["bind"] != TPM_RH_NULL
             handle = rsp.handles[0]
             facts = SessionFacts(
                 handle,
-                st["type"],
+                st0["type"],
                 salted=salted,
                 bound=bound,
                 symmetric=_sym_text(alg, bits if alg != ALG_NULL else 0, mode),
-                auth_hash=HASH_NAMES.get(st["auth_hash"], hex(st["auth_hash"])),
-                salt_key=self.key_origin(st["tpm_key"]) if salted else None,
-                tpm_key=st["tpm_key"],
-                bind=st["bind"],
+                auth_hash=HASH_NAMES.get(st0["auth_hash"], hex(st0["auth_hash"])),
+                salt_key=self.key_origin(st0["tpm_key"]) if salted else None,
+                tpm_key=st0["tpm_key"],
+                bind=st0["bind"],
             )
             nonce_tpm = bytes(rsp.params[0]) if rsp.params else b""
             self.sessions[handle] = _Sess(
-                facts, alg, bits, mode, st["auth_hash"], nonce_tpm, st["nonce_caller"]
+                facts,
+                alg,
+                bits,
+                mode,
+                st0["auth_hash"],
+                nonce_tpm,
+                st0["nonce_caller"],
+                start_tpm=nonce_tpm,
+                start_caller=st0["nonce_caller"],
+                bind=st0["bind"],
+                bind_name=self.names.name(st0["bind"]) if bound else None,
+                salted=salted,
             )
         elif cc == CC_FLUSH and cmd.params:
             h = int(cmd.params[0])
             self.sessions.pop(h, None)
             self.objects.pop(h, None)
+            self.book.forget(h)
         elif (
             cc in (CC_CREATE_PRIMARY, CC_LOAD, CC_LOAD_EXTERNAL, CC_CONTEXT_LOAD, CC_CREATE_LOADED)
             and rsp.handles
         ):
             h = rsp.handles[0]
+            if cc != CC_CONTEXT_LOAD or h >> 24 not in (0x02, 0x03):
+                self.book.forget(h)  # a new object in a reused handle
             if cc == CC_CREATE_PRIMARY and cmd.handles:
                 where = HIERARCHIES.get(cmd.handles[0], f"0x{cmd.handles[0]:08x}")
                 self.objects[h] = f"primary key in {where} hierarchy"
@@ -226,13 +557,22 @@ class SessionTracker:
 
     # -- verdicts ---------------------------------------------------------------
     def _grade(
-        self, info: TpmInfo, msg: bytes, flag: int, *, command: bool, cmd: TpmInfo | None = None
+        self,
+        info: TpmInfo,
+        msg: bytes,
+        flag: int,
+        checks: dict[int, _Check],
+        *,
+        command: bool,
+        cmd: TpmInfo | None = None,
     ) -> Param:
         p = info.param
         if p.verdict is not Verdict.ENCRYPTED:
             return p
         idx = next((i for i, s in enumerate(info.sessions) if s.attributes & flag), None)
-        if idx is None:
+        if idx is None and cmd is not None:  # response: the command asked for encryption
+            idx = next((i for i, s in enumerate(cmd.sessions) if s.attributes & flag), None)
+        if idx is None or idx >= len(info.sessions):
             return p
         s = info.sessions[idx]
         facts = s.facts
@@ -241,34 +581,55 @@ class SessionTracker:
                 p, verdict=Verdict.UNKNOWN, session=s.handle, strength="session start not seen"
             )
         st = self.sessions[s.handle]
-        if not facts.salted and not facts.bound:
-            recovered = self._decrypt(info, msg, idx, st, command, cmd)
-            return replace(
-                p,
-                verdict=Verdict.WEAK,
-                session=s.handle,
-                strength=f"unsalted+unbound {facts.symmetric}",
-                recovered=recovered,
-            )
-        if st.sym_alg == ALG_XOR:
-            strength = "XOR obfuscation"
-        elif facts.salted:
-            strength = f"salted {facts.symmetric}"
-        else:
-            strength = f"bound {facts.symmetric}"
-        return replace(p, session=s.handle, strength=strength)
+        sym = facts.symmetric
+        if st.salted:
+            return replace(p, session=s.handle, strength=f"{sym}, salted by {facts.salt_key}")
+        check = checks.get(idx)
+        value: _Value | None = None
+        proof = "none"
+        if check is not None and check.status == "ok" and check.value is not None:
+            value = check.value
+            if value.auth is None or value.auth_in_hmac or not value.auth[0]:
+                proof = "hmac"
+            else:  # the HMAC proved the sessionKey; pick the authValue the same way
+                value = next((v for v in check.candidates if v.key == value.key and v.auth), value)
+        elif check is not None and check.status == "none" and not st.failed and check.candidates:
+            value = check.candidates[0]
+        if value is None:
+            if st.bind != TPM_RH_NULL and st.key is None:
+                why = f"bound to 0x{st.bind:08x}, authValue never seen"
+            else:
+                ent = self._entity(cmd if cmd is not None else info, idx)
+                who = f"0x{ent:08x}" if ent is not None else "the entity"
+                why = f"authValue of {who} never seen"
+            return replace(p, session=s.handle, strength=f"{sym}, {why}")
+        recovered = self._decrypt(info, msg, idx, st, value.enc, command, cmd)
+        how = value.key_src
+        if value.auth is not None:
+            how += f"; entity {value.auth[1]} authValue"
+        return replace(
+            p,
+            verdict=Verdict.WEAK,
+            session=s.handle,
+            strength=f"{sym}, {how}",
+            recovered=recovered,
+            proof=proof,
+        )
 
     def _decrypt(
-        self, info: TpmInfo, msg: bytes, idx: int, st: _Sess, command: bool, cmd: TpmInfo | None
+        self,
+        info: TpmInfo,
+        msg: bytes,
+        idx: int,
+        st: _Sess,
+        session_value: bytes,
+        command: bool,
+        cmd: TpmInfo | None,
     ) -> bytes | None:
         p = info.param
         if p.offset is None or not p.size or st.auth_hash not in HASHES:
             return None
         data = msg[p.offset + 2 : p.offset + 2 + p.size]
-        handles = info.handles if command else (cmd.handles if cmd else ())
-        entity = handles[idx] if idx < len(handles) else None
-        auth = self.auth.get(entity, b"") if entity is not None else b""
-        session_value = b"" + auth  # sessionKey is empty: unsalted and unbound
         if command:
             newer, older = info.sessions[idx].nonce, st.nonce_tpm
         else:

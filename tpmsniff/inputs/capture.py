@@ -71,12 +71,13 @@ def _packets(path: str, fmt: str) -> Iterator[tuple[int, float, int, bytes]]:
             raw = fh.read(16)
             if not raw:
                 return
+            at = fh.tell() - len(raw)
             if len(raw) < 16:
-                raise CaptureError(f"{path}: truncated after packet {n}")
+                raise CaptureError(f"{path}: truncated after packet {n} at byte {at}", at)
             hdr = hdr_cls(raw)
             buf = fh.read(hdr.caplen)
             if len(buf) < hdr.caplen:  # dpkt's Reader would hand this on silently
-                raise CaptureError(f"{path}: truncated after packet {n}")
+                raise CaptureError(f"{path}: truncated after packet {n} at byte {at}", at)
             n += 1
             yield n, hdr.tv_sec + hdr.tv_usec / divisor, link, buf
 
@@ -201,7 +202,7 @@ def frames_from_capture(path: str, fmt: str, ann: Annotator) -> Iterator[Frame]:
             for ev in events:
                 yield ann.annotate(st.conn, ts, ev, number)
     except CaptureError as exc:
-        raise Partial(str(exc)) from None
+        raise Partial(str(exc), exc.offset) from None
     if unsupported and not streams:
         raise InputError(
             f"{path}: unsupported link type {', '.join(map(str, sorted(unsupported)))}"
@@ -209,4 +210,8 @@ def frames_from_capture(path: str, fmt: str, ann: Annotator) -> Iterator[Frame]:
 
 
 class Partial(Exception):
-    """The input broke part-way: frames before the break were yielded."""
+    """The input broke part-way at byte `offset`: frames before the break were yielded."""
+
+    def __init__(self, message: str, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset

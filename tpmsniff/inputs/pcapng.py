@@ -12,7 +12,11 @@ from dpkt import pcapng
 
 
 class CaptureError(Exception):
-    pass
+    """The capture breaks at byte `offset` (None: at its start)."""
+
+    def __init__(self, message: str, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.offset = offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +54,9 @@ def read_pcapng(path: str, options: bool = True) -> Iterator[Packet]:
         order = "<" if le else ">"
         btype, blen = struct.unpack_from(order + "II", buf, off)
         if blen < 12 or off + blen > len(buf):
-            raise CaptureError(f"{path}: truncated block at byte {off}")
+            raise CaptureError(f"{path}: truncated block at byte {off}", off)
+        if struct.unpack_from(order + "I", buf, off + blen - 4)[0] != blen:
+            raise CaptureError(f"{path}: damaged block length at byte {off}", off)
         block = buf[off : off + blen]
         if btype == pcapng.PCAPNG_BT_IDB:
             idb = (pcapng.InterfaceDescriptionBlockLE if le else pcapng.InterfaceDescriptionBlock)(
@@ -83,3 +89,5 @@ def read_pcapng(path: str, options: bool = True) -> Iterator[Packet]:
             ts = ((ts_high << 32) | ts_low) * res
             yield Packet(number, ts, link, data, comment, flags)
         off += blen
+    if off != len(buf):
+        raise CaptureError(f"{path}: truncated block at byte {off}", off)

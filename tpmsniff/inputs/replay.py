@@ -21,11 +21,29 @@ from .swtpmlog import frames_from_log
 log = structlog.get_logger("tpmsniff.inputs")
 
 
+@dataclass(frozen=True, slots=True)
+class PartialInput:
+    """An input that could not be read completely: where it broke and why."""
+
+    file: str
+    offset: int | None
+    reason: str
+
+    def text(self) -> str:
+        at = f" at byte {self.offset}" if self.offset is not None else ""
+        return f"{self.file}: read only partly, stopped{at}: {self.reason}"
+
+
 def frames_from_input(
-    path: str, annotator: Annotator | None = None, fmt: str = "auto"
+    path: str,
+    annotator: Annotator | None = None,
+    fmt: str = "auto",
+    partial: list[PartialInput] | None = None,
 ) -> Iterator[Frame]:
-    """Frames of one input. Raises InputError if nothing can be read; logs a warning and
-    stops early if the input breaks part-way (the frames before the break are kept)."""
+    """Frames of one input. Raises InputError if nothing can be read. If the input breaks
+    part-way, the frames before the break are kept and the break is appended to
+    `partial` (callers that must fail closed, like `check`, pass a list); without a list,
+    it is logged as a warning."""
     ann = annotator or Annotator()
     if fmt == "auto":
         fmt = detect_format(path)
@@ -45,7 +63,12 @@ def frames_from_input(
     except Partial as exc:
         if n == 0:
             raise InputError(str(exc)) from None
-        log.warning("input is partly unreadable; kept what came before", file=path, error=str(exc))
+        if partial is not None:
+            partial.append(PartialInput(path, exc.offset, str(exc).removeprefix(f"{path}: ")))
+        else:
+            log.warning(
+                "input is partly unreadable; kept what came before", file=path, error=str(exc)
+            )
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror}") from None
 
@@ -83,6 +106,7 @@ def replay(
     consumer: FrameConsumer,
     auth: dict[int, bytes] | None = None,
     fmt: str = "auto",
+    partial: list[PartialInput] | None = None,
 ) -> int:
     """Replay each input in turn (sessions are tracked per input); returns the frame count.
 
@@ -92,7 +116,7 @@ def replay(
     frames = 0
     for path in paths:
         consumer.control(f"input {path}")
-        done = replay_frames(frames_from_input(path, Annotator(auth), fmt), consumer, base)
+        done = replay_frames(frames_from_input(path, Annotator(auth), fmt, partial), consumer, base)
         frames += done.frames
         base = max([base, *done.conns])
     return frames

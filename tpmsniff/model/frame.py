@@ -52,6 +52,8 @@ class SessionFacts:
     salt_key: str | None = None  # provenance of tpmKey, when salted
     tpm_key: int | None = None
     bind: int | None = None
+    policy: str = ""  # policy sessions: "authvalue" after PolicyAuthValue, "password" after
+    # PolicyPassword (then the HMAC field of a command is the authValue, in clear)
 
     def text(self) -> str:
         if self.type == "password":
@@ -94,12 +96,14 @@ class Param:
     strength: str | None = None  # ENCRYPTED/WEAK: e.g. "salted AES-128-CFB", "XOR obfuscation"
     session: int | None = None  # handle of the session that encrypted it
     recovered: bytes | None = None  # WEAK: the plaintext tpmsniff decrypted
+    proof: str | None = None  # WEAK: "hmac" (the session HMAC verified with the key) | "none"
 
     @property
     def word(self) -> str:
         """The verdict with its strength, as shown in comments and on the console."""
         if self.strength and self.verdict in (Verdict.ENCRYPTED, Verdict.WEAK):
-            return f"{self.verdict}({self.strength})"
+            proof = f", proof={self.proof}" if self.proof else ""
+            return f"{self.verdict}({self.strength}{proof})"
         return str(self.verdict)
 
 

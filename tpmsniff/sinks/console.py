@@ -162,7 +162,12 @@ class ConsoleSink(BaseSink):
             word = self._c(VERDICT_STYLE[p.verdict], p.word)
             lines.append(f"    first parameter {p.type_name}{size}: {word}")
             if p.recovered is not None:
-                lines.append(self._c(YELLOW + BOLD, "    recovered by decryption (weak session):"))
+                lines.append(
+                    self._c(
+                        YELLOW + BOLD,
+                        f"    recovered by decryption (weak session, proof={p.proof or 'none'}):",
+                    )
+                )
                 lines += ["    " + x for x in hexdump(p.recovered[:DUMP_LIMIT])]
         return lines
 

@@ -47,6 +47,8 @@ def frame_to_dict(f: Frame, file: str | None = None) -> dict[str, Any]:
             d["param_type"] = t.param.type_name
         if t.param.strength:
             d["strength"] = t.param.strength
+        if t.param.proof:
+            d["proof"] = t.param.proof
         if t.param.recovered is not None:
             d["recovered_hex"] = t.param.recovered.hex()
         if t.header_only:
@@ -74,6 +76,7 @@ def _facts(f: SessionFacts) -> dict[str, Any]:
         "symmetric": f.symmetric,
         "auth_hash": f.auth_hash,
         "salt_key": f.salt_key,
+        **({"policy": f.policy} if f.policy else {}),
     }
 
 

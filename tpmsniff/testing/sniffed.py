@@ -13,6 +13,7 @@ from pathlib import Path
 from ..check.checker import Checker
 from ..check.requirements import Requirement
 from ..check.secrets import Secret
+from ..check.sensitive import SensitivePolicy
 from ..cli.daemon import build_parser, make_pipeline, serve
 from ..inputs import replay_frames
 from ..model import Direction, Frame
@@ -105,10 +106,17 @@ class SniffedTPM:
         self._pipeline.close()
 
     # -- assertions -------------------------------------------------------------
-    def assert_no_plaintext(self, secret: bytes | str) -> None:
-        """Fail if the secret crossed the bus in clear, or was recoverable (WEAK session)."""
-        value = secret.encode() if isinstance(secret, str) else secret
-        self._check(Checker([Secret("secret", value)]))
+    def assert_no_plaintext(self, *secrets: bytes | str) -> None:
+        """Fail if a secret crossed the bus in clear, or was recoverable (WEAK session).
+        The failure names each secret `secret #N (sha256:…)`, never by its value."""
+        values = [s.encode() if isinstance(s, str) else s for s in secrets]
+        self._check(Checker([Secret(v, n) for n, v in enumerate(values, 1)]))
+
+    def assert_no_sensitive(self, *, nv: bool = False, random: bool = False) -> None:
+        """Fail on every sensitive value an observer could read (PLAINTEXT or WEAK): sealed
+        data, authValues, private keys (docs/verdicts.md); `nv`/`random`: NV data and
+        GetRandom output too."""
+        self._check(Checker(sensitive=SensitivePolicy(nv=nv, random=random)))
 
     def assert_encrypted(
         self, name: str, direction: str | None = None, *, allow_weak: bool = False

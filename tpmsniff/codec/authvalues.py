@@ -1,0 +1,146 @@
+"""authValues an observer can know, and the sensitive values an observer can read.
+
+`readable_values` lists every sensitive field of a message whose bytes an observer of the
+bus could read: the field crossed in clear (PLAINTEXT), tpmsniff decrypted it (WEAK), or
+it is a password-session authValue. The same list feeds learning (`AuthBook`) and the
+`--sensitive` policy (docs/verdicts.md).
+
+`AuthBook` keeps, per handle and per Name, the authValues that crossed readable (and
+those given with --auth), so that a session bound to, or authorising, that entity can
+be derived: empty is always a candidate. TPM2B parsing is pytss's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tpm2_pytss.types import TPMS_SENSITIVE_CREATE
+
+from ..model import TpmInfo, Verdict
+
+TPM_RS_PW = 0x40000009
+CC_CREATE_PRIMARY, CC_CREATE, CC_CREATE_LOADED = 0x131, 0x153, 0x191
+CC_HIERARCHY_CHANGE_AUTH, CC_OBJECT_CHANGE_AUTH, CC_NV_CHANGE_AUTH = 0x129, 0x150, 0x13B
+CC_NV_DEFINE, CC_LOAD_EXTERNAL, CC_IMPORT, CC_DUPLICATE = 0x12A, 0x167, 0x156, 0x14B
+CC_UNSEAL, CC_NV_WRITE, CC_NV_READ, CC_GET_RANDOM = 0x15E, 0x137, 0x14E, 0x17B
+
+# (cc, command?) -> field name of the first (encryptable) parameter, when it is sensitive
+SENSITIVE_FIRST: dict[tuple[int, bool], str] = {
+    (CC_UNSEAL, False): "outData",
+    (CC_HIERARCHY_CHANGE_AUTH, True): "newAuth",
+    (CC_OBJECT_CHANGE_AUTH, True): "newAuth",
+    (CC_NV_CHANGE_AUTH, True): "newAuth",
+    (CC_NV_DEFINE, True): "auth",
+    (CC_LOAD_EXTERNAL, True): "inPrivate",
+    (CC_IMPORT, True): "encryptionKey",
+    (CC_DUPLICATE, True): "encryptionKeyIn",
+    (CC_DUPLICATE, False): "encryptionKeyOut",
+}
+OPTIONAL_FIRST: dict[tuple[int, bool], tuple[str, str]] = {
+    (CC_NV_WRITE, True): ("nv", "data"),
+    (CC_NV_READ, False): ("nv", "data"),
+    (CC_GET_RANDOM, False): ("random", "randomBytes"),
+}
+CREATES = (CC_CREATE_PRIMARY, CC_CREATE, CC_CREATE_LOADED)
+
+
+def first_param_plain(info: TpmInfo, msg: bytes) -> bytes | None:
+    """The first parameter's buffer as an observer reads it: in clear, or decrypted."""
+    p = info.param
+    if p.offset is None or not p.size:
+        return None
+    if p.verdict is Verdict.PLAINTEXT:
+        return msg[p.offset + 2 : p.offset + 2 + p.size]
+    if p.verdict is Verdict.WEAK and p.recovered is not None:
+        return p.recovered
+    return None
+
+
+def _sensitive_create(buf: bytes) -> tuple[bytes, bytes] | None:
+    try:
+        sens, _ = TPMS_SENSITIVE_CREATE.unmarshal(buf)
+        return bytes(sens.userAuth), bytes(sens.data)
+    except Exception:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Readable:
+    field: str  # e.g. "Create inSensitive.userAuth", "session[0] password authValue"
+    value: bytes
+    how: str  # "in clear" | "decrypted (proof=hmac)" | ...
+    option: str | None = None  # "nv" | "random": reported only when asked for
+
+
+def readable_values(info: TpmInfo, msg: bytes, command: bool) -> list[Readable]:
+    """Every non-empty sensitive value of this message that an observer could read."""
+    out: list[Readable] = []
+    p = info.param
+    how = "in clear"
+    if p.verdict is Verdict.WEAK:
+        how = f"decrypted (proof={p.proof or 'none'})"
+    plain = first_param_plain(info, msg) if info.cc is not None else None
+    if plain and info.cc is not None:
+        key = (info.cc, command)
+        if command and info.cc in CREATES:
+            parsed = _sensitive_create(plain)
+            if parsed is not None:
+                auth, data = parsed
+                if auth:
+                    out.append(Readable(f"{info.name} inSensitive.userAuth", auth, how))
+                if data:
+                    out.append(Readable(f"{info.name} inSensitive.data", data, how))
+        elif key in SENSITIVE_FIRST:
+            out.append(Readable(f"{info.name} {SENSITIVE_FIRST[key]}", plain, how))
+        elif key in OPTIONAL_FIRST:
+            opt, name = OPTIONAL_FIRST[key]
+            out.append(Readable(f"{info.name} {name}", plain, how, option=opt))
+    if command:
+        for i, s in enumerate(info.sessions):
+            if s.auth and s.handle == TPM_RS_PW:
+                out.append(Readable(f"session[{i}] password authValue", s.auth, "in clear"))
+            elif s.auth and s.facts is not None and s.facts.policy == "password":
+                out.append(Readable(f"session[{i}] PolicyPassword authValue", s.auth, "in clear"))
+    return out
+
+
+class AuthBook:
+    """authValues known to an observer, by handle and by Name (newest first)."""
+
+    def __init__(self, given: dict[int, bytes] | None = None) -> None:
+        self.given = dict(given or {})
+        self.by_handle: dict[int, list[tuple[bytes, str]]] = {}
+        self.by_name: dict[bytes, list[tuple[bytes, str]]] = {}
+
+    def learn(self, value: bytes, source: str, handle: int | None, name: bytes | None) -> None:
+        if handle is not None:
+            old = self.by_handle.get(handle, [])
+            self.by_handle[handle] = [(value, source)] + [e for e in old if e[0] != value]
+        if name is not None:
+            old = self.by_name.get(name, [])
+            self.by_name[name] = [(value, source)] + [e for e in old if e[0] != value]
+
+    def set_handle(self, value: bytes, source: str, handle: int) -> None:
+        """A new authValue replaces the old one (HierarchyChangeAuth, NV_ChangeAuth)."""
+        self.by_handle[handle] = [(value, source)]
+
+    def forget(self, handle: int) -> None:
+        self.by_handle.pop(handle, None)
+
+    def candidates(self, handle: int | None, name: bytes | None) -> list[tuple[bytes, str]]:
+        """(authValue, where it came from): --auth, learned by handle, by Name, and empty."""
+        out: list[tuple[bytes, str]] = []
+        if handle is not None and handle in self.given:
+            out.append((self.given[handle], "--auth"))
+        if handle is not None:
+            out += self.by_handle.get(handle, [])
+        if name is not None:
+            out += self.by_name.get(name, [])
+        out.append((b"", "empty"))
+        seen: set[bytes] = set()
+        uniq = []
+        for v, src in out:
+            if v not in seen:
+                seen.add(v)
+                uniq.append((v, src))
+        return uniq
