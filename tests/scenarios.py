@@ -79,7 +79,7 @@ def sealed_object(
     if policy:
         pub.publicArea.authPolicy = policy
     priv, pub2, *_ = e.create(parent, sens, pub, session1=session, session2=session2)
-    obj = e.load(parent, priv, pub2)
+    obj = e.load(parent, priv, pub2, session1=session)
     if auth:
         e.tr_set_auth(obj, auth)
     return obj

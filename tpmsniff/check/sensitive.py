@@ -1,11 +1,25 @@
-"""`--sensitive`: the zero-configuration policy (docs/verdicts.md)."""
+"""`--sensitive`: the zero-configuration policy (docs/verdicts.md).
+
+Every sensitive value an observer of the bus could read is a finding that names the
+field, without being told any secret: Unseal outData; the userAuth and data of
+Create/CreatePrimary/CreateLoaded inSensitive; newAuth of HierarchyChangeAuth/
+ObjectChangeAuth/NV_ChangeAuth; NV_DefineSpace auth; LoadExternal inPrivate;
+Import/Duplicate encryptionKey; non-empty password authValues (password sessions and
+PolicyPassword). NV data and GetRandom output only when asked (`nv`, `random`). Empty
+values are not findings; a sensitive parameter whose encryption cannot be judged
+(UNKNOWN: the session started before the capture) is one, since the check cannot tell.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..model import Frame
+from ..codec.authvalues import OPTIONAL_FIRST, SENSITIVE_FIRST, readable_values
+from ..codec.tpm import cc_name
+from ..model import Channel, Direction, Frame, Verdict
 from .findings import Finding
+
+_CREATES = (0x131, 0x153, 0x191)
 
 
 @dataclass(frozen=True, slots=True)
@@ -13,5 +27,36 @@ class SensitivePolicy:
     nv: bool = False  # NV_Write data / NV_Read data are sensitive too
     random: bool = False  # GetRandom output is sensitive too
 
+    def _wanted(self, option: str | None) -> bool:
+        return (
+            option is None or (option == "nv" and self.nv) or (option == "random" and self.random)
+        )
+
     def findings(self, f: Frame) -> list[Finding]:
-        return []
+        t = f.tpm
+        if t is None or f.channel is not Channel.TPM or t.header_only or t.cc is None:
+            return []
+        command = f.direction is Direction.COMMAND
+        out = [
+            Finding("sensitive", f"{r.field} readable by an observer ({r.how})", field=r.field)
+            for r in readable_values(t, f.message, command)
+            if self._wanted(r.option)
+        ]
+        p = t.param
+        if p.verdict is Verdict.UNKNOWN and p.size:
+            key = (t.cc, command)
+            opt = OPTIONAL_FIRST.get(key, (None, ""))[0]
+            if (
+                key in SENSITIVE_FIRST
+                or (command and t.cc in _CREATES)
+                or (opt is not None and self._wanted(opt))
+            ):
+                out.append(
+                    Finding(
+                        "sensitive",
+                        f"{cc_name(t.cc)} sensitive parameter: encryption cannot be judged "
+                        f"({p.strength})",
+                        field=f"parameter[0] {p.type_name}",
+                    )
+                )
+        return out
