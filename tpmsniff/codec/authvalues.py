@@ -13,6 +13,7 @@ be derived: empty is always a candidate. TPM2B parsing is pytss's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tpm2_pytss.types import TPMS_SENSITIVE_CREATE
 
@@ -104,6 +105,15 @@ def readable_values(info: TpmInfo, msg: bytes, command: bool) -> list[Readable]:
     return out
 
 
+MAX_VALUES = 8  # candidates kept per handle or Name
+MAX_KEYS = 4096  # handles or Names remembered (oldest forgotten first)
+
+
+def _bound(book: dict[Any, list[tuple[bytes, str]]]) -> None:
+    while len(book) > MAX_KEYS:
+        del book[next(iter(book))]
+
+
 class AuthBook:
     """authValues known to an observer, by handle and by Name (newest first)."""
 
@@ -114,11 +124,15 @@ class AuthBook:
 
     def learn(self, value: bytes, source: str, handle: int | None, name: bytes | None) -> None:
         if handle is not None:
-            old = self.by_handle.get(handle, [])
+            old = self.by_handle.pop(handle, [])
             self.by_handle[handle] = [(value, source)] + [e for e in old if e[0] != value]
+            self.by_handle[handle][MAX_VALUES:] = []
+            _bound(self.by_handle)
         if name is not None:
-            old = self.by_name.get(name, [])
+            old = self.by_name.pop(name, [])
             self.by_name[name] = [(value, source)] + [e for e in old if e[0] != value]
+            self.by_name[name][MAX_VALUES:] = []
+            _bound(self.by_name)
 
     def set_handle(self, value: bytes, source: str, handle: int) -> None:
         """A new authValue replaces the old one (HierarchyChangeAuth, NV_ChangeAuth)."""

@@ -26,6 +26,7 @@ CC_EVICT = 0x120
 CC_CONTEXT_SAVE = 0x162
 CC_CONTEXT_LOAD = 0x161
 CC_FLUSH = 0x165
+MAX_CONTEXTS = 1024
 NV_WRITES = {0x137, 0x134, 0x136, 0x135}  # NV_Write, NV_Increment, NV_Extend, NV_SetBits
 NV_WRITTEN = 0x20000000  # TPMA_NV_WRITTEN
 NV_WRITELOCKED, NV_READLOCKED = 0x00000800, 0x00040000
@@ -122,6 +123,8 @@ class NameBook:
                 self.forget(obj)
         elif cc == CC_CONTEXT_SAVE and ch and rp and ch[0] in self.names:
             self._contexts[_bytes(rp[0].contextBlob)] = self.names[ch[0]]
+            while len(self._contexts) > MAX_CONTEXTS:  # bounded: oldest forgotten first
+                del self._contexts[next(iter(self._contexts))]
         elif cc == CC_CONTEXT_LOAD and rh and cp:
             name = self._contexts.get(_bytes(cp[0].contextBlob))
             if name is not None and rh[0] >> 24 not in (0x02, 0x03):
