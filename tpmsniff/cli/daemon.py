@@ -61,7 +61,7 @@ examples:
 
 exit codes:
   0  stopped cleanly (SIGTERM/SIGINT)
-  1  stopped cleanly, but a live check (--secret, --require-encrypted) found a violation
+  1  stopped cleanly, but a live check (--secret, --sensitive, --require-encrypted) failed
   2  usage error
   3  cannot start: listen address in use or not a socket, upstream unreachable,
      capture file not writable"""
