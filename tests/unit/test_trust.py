@@ -199,6 +199,18 @@ def test_secret_outside_any_decoded_message_is_found(tmp_path):
     assert "outside any decoded message" in out
 
 
+def test_a_missing_tcp_segment_is_partial_input(tmp_path):
+    data = Path(cap("password")).read_bytes()
+    offs = _blocks(data)
+    holder = [o for o in offs if SECRET in data[o : o + struct.unpack_from("<I", data, o + 4)[0]]]
+    o = holder[-1]  # the Unseal response's segment
+    end = o + struct.unpack_from("<I", data, o + 4)[0]
+    p = tmp_path / "gap.pcapng"
+    p.write_bytes(data[:o] + data[end:])
+    rc, _, err = check(p, "--secret", "absent-secret-7")
+    assert rc == 2 and "gap" in err and str(p) in err
+
+
 def _blocks(data: bytes) -> list[int]:
     offs, off = [], 0
     while off + 8 <= len(data):

@@ -207,6 +207,14 @@ def frames_from_capture(path: str, fmt: str, ann: Annotator) -> Iterator[Frame]:
         raise InputError(
             f"{path}: unsupported link type {', '.join(map(str, sorted(unsupported)))}"
         )
+    for st in streams.values():  # TCP bytes that never became readable: a gap
+        for to_server, d in st.dirs.items():
+            if d.pending:
+                side = "client" if to_server else "server"
+                raise Partial(
+                    f"{path}: TCP stream {st.conn} ({side} side) has a gap: "
+                    f"{sum(map(len, d.pending.values()))} bytes after it were never read"
+                )
 
 
 class Partial(Exception):
