@@ -268,7 +268,43 @@ def policy_authvalue(tcti: str) -> bytes:
     return _run(tcti, body)
 
 
+def cascade(tcti: str) -> bytes:
+    """A primary's userAuth crossed inside a WEAK (unsalted, unbound) session: tpmsniff
+    decrypts it, learns it, and so derives the next session, bound to that primary."""
+
+    def body(e: ESAPI) -> bytes:
+        s0 = session(e, "aes")
+        prim = primary(e, PRIMARY_AUTH, session=s0)
+        e.flush_context(s0)
+        return _seal_with(e, prim, session(e, "aes", bind=prim))
+
+    return _run(tcti, body)
+
+
+OWNER_AUTH = b"owner-auth-6502"
+
+
+def hierarchy_auth(tcti: str) -> bytes:
+    """The owner authValue set in clear (HierarchyChangeAuth under a password session),
+    then a session bound to the owner hierarchy: derivable."""
+
+    def body(e: ESAPI) -> bytes:
+        e.hierarchy_change_auth(ESYS_TR.RH_OWNER, OWNER_AUTH)
+        e.tr_set_auth(ESYS_TR.RH_OWNER, OWNER_AUTH)
+        try:
+            s = session(e, "aes", bind=ESYS_TR.RH_OWNER)
+            prim = primary(e, session=s)
+            return _seal_with(e, prim, s)
+        finally:
+            e.hierarchy_change_auth(ESYS_TR.RH_OWNER, b"")
+            e.tr_set_auth(ESYS_TR.RH_OWNER, b"")
+
+    return _run(tcti, body)
+
+
 MATRIX = {
+    "cascade": cascade,
+    "hierarchy-auth": hierarchy_auth,
     "salted-persistent": salted_persistent,
     "bound-learned": bound_learned,
     "bound-hidden": bound_hidden,

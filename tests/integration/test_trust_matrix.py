@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, start_sniff, start_swtpm, tpmsniff_cmd
-from scenarios import OBJECT_AUTH, PRIMARY_AUTH, SECRET, seal_unseal
+from scenarios import OBJECT_AUTH, OWNER_AUTH, PRIMARY_AUTH, SECRET, seal_unseal
 
 from tpmsniff.check.secrets import Secret
 from tpmsniff.cli.check import main as check_main
@@ -45,6 +45,8 @@ MATRIX = [
     Row("unsalted", 1, 1, Verdict.WEAK, "unsalted+unbound", "hmac"),
     Row("bound", 1, 1, Verdict.WEAK, "bound to 0x80000000, empty authValue", "hmac"),
     Row("bound-learned", 1, 1, Verdict.WEAK, "CreatePrimary userAuth authValue", "hmac"),
+    Row("cascade", 1, 1, Verdict.WEAK, "CreatePrimary userAuth authValue", "hmac"),
+    Row("hierarchy-auth", 1, 1, Verdict.WEAK, "HierarchyChangeAuth newAuth authValue", "hmac"),
     Row("bound-hidden", 0, 0, Verdict.ENCRYPTED, "bound to 0x80000001, authValue never seen"),
     Row("pw-plus-encrypt", 1, 1, Verdict.WEAK, "unsalted+unbound", "hmac"),
     Row("policy", 1, 1, Verdict.WEAK, "entity empty authValue", "hmac"),
@@ -120,7 +122,7 @@ def test_matrix(row: Row, tpm, tmp_path):
     # no report, log or stdout holds a secret (the console and capture are evidence)
     outputs = [out, err, out2, err2, rj.read_text(), rx.read_text(), sniff.stderr.read_text()]
     for text in outputs:
-        for value in (SECRET, PRIMARY_AUTH, OBJECT_AUTH):
+        for value in (SECRET, PRIMARY_AUTH, OBJECT_AUTH, OWNER_AUTH):
             for enc in encodings(value):
                 assert enc.decode() not in text
     if row.secret_rc:
