@@ -38,7 +38,7 @@ def run(frames, **kw) -> Checker:
 
 
 def test_secret_in_clear_is_found_and_its_field_named(frames):
-    c = run(frames, secrets=[Secret("s", SECRET)])
+    c = run(frames, secrets=[Secret(SECRET)])
     assert c.failed
     fields = {(f.command, f.direction, f.field) for f in c.findings if f.kind == "secret"}
     assert ("Unseal", "response", "parameter[0] TPM2B_SENSITIVE_DATA") in fields
@@ -54,7 +54,7 @@ def test_encoded_secrets_are_found(frames, encode):
     text = encode(SECRET).encode()
     f = next(f for f in frames if SECRET in f.raw)
     doctored = [replace(f, raw=f.raw + text)]
-    c = run(doctored, secrets=[Secret("s", SECRET)])
+    c = run(doctored, secrets=[Secret(SECRET)])
     assert sum(1 for x in c.findings if x.kind == "secret") >= 2
 
 
@@ -63,18 +63,18 @@ def test_secret_split_across_two_messages_is_found(frames):
     cut = len(SECRET) // 2
     a = replace(f, raw=b"x" * 20 + SECRET[:cut])
     b = replace(f, raw=SECRET[cut:] + b"y" * 20)
-    c = run([a, b], secrets=[Secret("s", SECRET)])
+    c = run([a, b], secrets=[Secret(SECRET)])
     assert [x.field for x in c.findings if x.kind == "secret"] == ["stream"]
 
 
 def test_absent_secret_passes(frames):
-    c = run(frames, secrets=[Secret("s", b"never-on-the-bus")])
+    c = run(frames, secrets=[Secret(b"never-on-the-bus")])
     assert not c.failed
 
 
 def test_empty_capture_fails_unless_allowed():
-    assert run([], secrets=[Secret("s", SECRET)]).failed
-    assert not run([], secrets=[Secret("s", SECRET)], allow_empty=True).failed
+    assert run([], secrets=[Secret(SECRET)]).failed
+    assert not run([], secrets=[Secret(SECRET)], allow_empty=True).failed
 
 
 def test_requirements(frames):
@@ -105,7 +105,7 @@ def test_field_at_names_every_region(frames):
 
 
 def test_reports(frames, tmp_path):
-    c = run(frames, secrets=[Secret("s", SECRET)], requires=[Requirement.parse("Unseal")])
+    c = run(frames, secrets=[Secret(SECRET)], requires=[Requirement.parse("Unseal")])
     write_json(str(tmp_path / "r.json"), c, len(frames), [LOG])
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["result"] == "fail" and report["messages"] == len(frames)

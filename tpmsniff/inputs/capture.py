@@ -160,6 +160,7 @@ class _Stream:
 def frames_from_capture(path: str, fmt: str, ann: Annotator) -> Iterator[Frame]:
     streams: dict[frozenset[tuple[bytes, int]], _Stream] = {}
     unsupported: set[int] = set()
+    ends: dict[tuple[int, bool], int] = {}  # where each direction's last segment ended
     try:
         for number, ts, link, data in _packets(path, fmt):
             try:
@@ -190,6 +191,7 @@ def frames_from_capture(path: str, fmt: str, ann: Annotator) -> Iterator[Frame]:
             to_server = b == st.server
             syn_fin = bool(flags & (dpkt.tcp.TH_SYN | dpkt.tcp.TH_FIN))
             new = st.dirs[to_server].feed(tcp.seq, bytes(tcp.data), syn_fin)
+            ends[(st.conn, to_server)] = (tcp.seq + len(tcp.data) + syn_fin) & MASK
             if not new:
                 continue
             if st.machine is None:
@@ -207,14 +209,13 @@ def frames_from_capture(path: str, fmt: str, ann: Annotator) -> Iterator[Frame]:
         raise InputError(
             f"{path}: unsupported link type {', '.join(map(str, sorted(unsupported)))}"
         )
-    for st in streams.values():  # TCP bytes that never became readable: a gap
+    for st in streams.values():  # sequence space the capture never had: a gap
         for to_server, d in st.dirs.items():
-            if d.pending:
+            end = ends.get((st.conn, to_server))
+            ahead = 0 if end is None or d.next_seq is None else (end - d.next_seq) & MASK
+            if d.pending or d.gaps or 0 < ahead < 0x80000000:
                 side = "client" if to_server else "server"
-                raise Partial(
-                    f"{path}: TCP stream {st.conn} ({side} side) has a gap: "
-                    f"{sum(map(len, d.pending.values()))} bytes after it were never read"
-                )
+                raise Partial(f"{path}: TCP stream {st.conn} ({side} side) has a gap")
 
 
 class Partial(Exception):
