@@ -289,7 +289,13 @@ class SessionTracker:
                     out.append(_Value(enc, enc, k, src, (a, asrc), True, b))
         return out
 
-    def _check(self, st: _Sess, values: list[_Value], mac: bytes, compute: Any | None) -> _Check:
+    def _check(
+        self,
+        st: _Sess,
+        values: list[_Value],
+        mac: bytes,
+        compute: Callable[[bytes], bytes] | None,
+    ) -> _Check:
         if not values:
             return _Check("fail")
         if not mac or compute is None or st.policy == "password":
@@ -596,12 +602,18 @@ class SessionTracker:
         elif check is not None and check.status == "none" and not st.failed and check.candidates:
             value = check.candidates[0]
         if value is None:
+            ent = self._entity(cmd if cmd is not None else info, idx)
             if st.bind != TPM_RH_NULL and st.key is None:
                 why = f"bound to 0x{st.bind:08x}, authValue never seen"
-            else:
-                ent = self._entity(cmd if cmd is not None else info, idx)
-                who = f"0x{ent:08x}" if ent is not None else "the entity"
-                why = f"authValue of {who} never seen"
+            elif ent is not None and not self._is_bind(st, ent):
+                why = f"authValue of 0x{ent:08x} never seen"
+            else:  # every input of the key is known, yet the HMAC does not verify
+                return replace(
+                    p,
+                    verdict=Verdict.UNKNOWN,
+                    session=s.handle,
+                    strength=f"{sym}, HMAC does not verify with the derivable key",
+                )
             return replace(p, session=s.handle, strength=f"{sym}, {why}")
         recovered = self._decrypt(info, msg, idx, st, value.enc, command, cmd)
         how = value.key_src
