@@ -31,8 +31,10 @@ class Framing(StrEnum):
 class Verdict(StrEnum):
     """Parameter-encryption verdict vocabulary (see docs/verdicts.md)."""
 
-    ENCRYPTED = "ENCRYPTED"  # by a salted or bound session (or XOR): see Param.strength
-    WEAK = "WEAK"  # encrypted by an unsalted, unbound session: key from wire data + authValue
+    ENCRYPTED = "ENCRYPTED"  # no observer can derive the key (salted, or an authValue never
+    # seen): Param.strength says why
+    WEAK = "WEAK"  # an observer can derive the key (wire data + known authValues):
+    # Param.recovered holds the plaintext, Param.proof whether an HMAC proved the key
     PLAINTEXT = "PLAINTEXT"  # encryptable, non-empty, and not encrypted
     UNKNOWN = "UNKNOWN"  # encrypted by a session whose start tpmsniff did not see
     NA = "n/a"  # nothing to protect
@@ -93,7 +95,7 @@ class Param:
     type_name: str | None = None  # e.g. "TPM2B_SENSITIVE_CREATE"
     offset: int | None = None  # offset of the TPM2B size field within the TPM message
     size: int | None = None  # TPM2B buffer size (excluding its 2-byte size field)
-    strength: str | None = None  # ENCRYPTED/WEAK: e.g. "salted AES-128-CFB", "XOR obfuscation"
+    strength: str | None = None  # ENCRYPTED: why not derivable; WEAK: how it was derived
     session: int | None = None  # handle of the session that encrypted it
     recovered: bytes | None = None  # WEAK: the plaintext tpmsniff decrypted
     proof: str | None = None  # WEAK: "hmac" (the session HMAC verified with the key) | "none"
