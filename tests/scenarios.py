@@ -139,7 +139,10 @@ def seal_unseal(tcti: str, kind: str) -> bytes:
         e.close()
 
 
-def nv_roundtrip(tcti: str, encrypted: bool, index: int = 0x01500020) -> bytes:
+def nv_roundtrip(
+    tcti: str, encrypted: bool | str, index: int = 0x01500020, nv_auth: bytes = b""
+) -> bytes:
+    """encrypted: False, True (salted session), or "unsalted" (unsalted, unbound)."""
     e = esapi(tcti)
     try:
         nvpub = TPM2B_NV_PUBLIC(
@@ -153,9 +156,11 @@ def nv_roundtrip(tcti: str, encrypted: bool, index: int = 0x01500020) -> bytes:
                 dataSize=len(SECRET),
             )
         )
-        nv = e.nv_define_space(TPM2B_AUTH(), nvpub)
+        nv = e.nv_define_space(TPM2B_AUTH(nv_auth), nvpub)
         kwargs = {}
-        if encrypted:
+        if encrypted == "unsalted":
+            kwargs = {"session2": session(e, "aes")}
+        elif encrypted:
             prim = primary(e)
             s = session(e, "aes", tpm_key=prim)
             kwargs = {"session2": s}

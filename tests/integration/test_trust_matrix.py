@@ -17,7 +17,14 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, start_sniff, start_swtpm, tpmsniff_cmd
-from scenarios import OBJECT_AUTH, OWNER_AUTH, PRIMARY_AUTH, SECRET, seal_unseal
+from scenarios import (
+    OBJECT_AUTH,
+    OWNER_AUTH,
+    PRIMARY_AUTH,
+    SECRET,
+    nv_roundtrip,
+    seal_unseal,
+)
 
 from tpmsniff.check.secrets import Secret
 from tpmsniff.cli.check import main as check_main
@@ -133,6 +140,31 @@ def test_matrix(row: Row, tpm, tmp_path):
         )
     for path in (rj, rx, sniff.pcap, jsonl):
         assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600, path
+
+
+def test_nv_through_an_unsalted_session(tpm, tmp_path):
+    """NV_Write/NV_Read through an unsalted encrypt session in slot 2: both WEAK and proven
+    (the command HMACs cover the NV index's Name, which changes once it is written).
+    NV data is sensitive only with --sensitive-nv."""
+    sniff = start_sniff(tmp_path, tpm.data, name="nv", extra=["--console", "none"])
+    try:
+        assert nv_roundtrip(sniff.tcti, "unsalted", 0x01500040, b"nv-auth-4004") == SECRET
+    finally:
+        sniff.stop()
+    fs = list(frames_from_input(str(sniff.pcap), Annotator()))
+    for name, d in (("NV_Write", Direction.COMMAND), ("NV_Read", Direction.RESPONSE)):
+        f = [f for f in fs if f.name == name and f.direction is d][-1]
+        assert f.verdict is Verdict.WEAK and f.tpm.param.proof == "hmac", f.tpm.param.word
+        assert f.tpm.param.recovered == SECRET
+    cmds = [f for f in fs if f.name == "NV_Read" and f.direction is Direction.COMMAND]
+    assert cmds  # its HMAC was checked with the WRITTEN Name: no UNKNOWN anywhere
+    assert not [f for f in fs if f.tpm is not None and f.verdict is Verdict.UNKNOWN]
+    assert check(sniff.pcap, "--secret", SECRET.decode())[0] == 1
+    rc, out, _ = check(sniff.pcap, "--sensitive")
+    assert rc == 1 and "NV_DefineSpace auth readable by an observer (in clear)" in out
+    assert "NV_Write data" not in out
+    rc, out, _ = check(sniff.pcap, "--sensitive", "--sensitive-nv")
+    assert "NV_Write data readable" in out and "NV_Read data readable" in out
 
 
 def test_check_cli_exit_codes_and_allow_partial(tpm, tmp_path):
