@@ -477,7 +477,7 @@ class SessionTracker:
             password = s.handle == TPM_RS_PW or (
                 s.facts is not None and s.facts.policy == "password"
             )
-            if password:
+            if password and s.auth:
                 self.book.learn(s.auth, "password session", entity, self.names.name(entity))
             for c in (checks.get(i),):
                 if (
