@@ -116,7 +116,10 @@ class Tshark:
         if packets is None:
             return False
         for linktype, data in packets:
-            ip = ip_packet(linktype, data)
+            try:
+                ip = ip_packet(linktype, data)
+            except dpkt.dpkt.Error:  # dpkt's pcap Reader hands on a half-written last packet
+                return False
             if ip is None or not isinstance(ip.data, dpkt.tcp.TCP):
                 continue
             t = ip.data
