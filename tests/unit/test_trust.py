@@ -211,6 +211,20 @@ def test_a_missing_tcp_segment_is_partial_input(tmp_path):
     assert rc == 2 and "gap" in err and str(p) in err
 
 
+def test_raw_scan_in_chunks_counts_each_occurrence_once():
+    from tpmsniff.check.checker import Checker
+
+    data = b"x" * 5 + SECRET + b"y" * 3 + SECRET + SECRET.hex().encode() + b"z"
+    for size in (1, 2, 7, len(SECRET) - 1, len(SECRET), 1000):
+        c = Checker([Secret(SECRET)])
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        found = c.scan_raw("f", chunks)
+        msgs = sorted(f.message for f in found)
+        assert len(msgs) == 2, (size, msgs)
+        assert "(hex-encoded) found in the raw file at offset 60" in msgs[0]
+        assert msgs[1].endswith("found in the raw file at offset 5, outside any decoded message")
+
+
 def _blocks(data: bytes) -> list[int]:
     offs, off = [], 0
     while off + 8 <= len(data):

@@ -8,6 +8,7 @@ is a failure unless the caller allows it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,6 +17,16 @@ from .findings import Finding, field_at
 from .requirements import Requirement
 from .secrets import Secret
 from .sensitive import SensitivePolicy
+
+
+def _find_all(data: bytes, needle: bytes) -> list[int]:
+    """Offsets of every (possibly overlapping) occurrence of needle in data."""
+    out = []
+    at = data.find(needle)
+    while at >= 0:
+        out.append(at)
+        at = data.find(needle, at + 1)
+    return out
 
 
 @dataclass
@@ -69,7 +80,7 @@ class Checker:
                 )
             if self.file is not None:
                 k = (self.file, sec.number, enc)
-                self._decoded_hits[k] = self._decoded_hits.get(k, 0) + f.raw.count(needle)
+                self._decoded_hits[k] = self._decoded_hits.get(k, 0) + len(_find_all(f.raw, needle))
             rec = f.tpm.param.recovered if f.tpm is not None else None
             if rec and needle in rec:
                 out.append(
@@ -110,33 +121,47 @@ class Checker:
         del buf[: max(0, len(buf) - (n - 1))]  # keep only what can still start a match
         return out
 
-    def scan_raw(self, path: str, data: bytes) -> list[Finding]:
-        """Search a whole input file's bytes for every secret, independently of parsing.
-
-        Call after its frames were fed. Occurrences beyond those counted inside decoded
-        messages of that file are findings: a secret present in an input never passes."""
+    def scan_raw(self, path: str, chunks: Iterable[bytes]) -> list[Finding]:
+        """Search an input file's bytes (given in chunks, in order) for every secret,
+        independently of parsing. Call after its frames were fed. Occurrences beyond those
+        counted inside decoded messages of that file are findings: a secret present in an
+        input never passes."""
+        needles = [
+            (sec, enc, needle) for sec in self.secrets for enc, needle in sec.encodings() if needle
+        ]
+        total = [0] * len(needles)
+        first = [-1] * len(needles)
+        keep = max((len(n) for _, _, n in needles), default=1) - 1
+        tail = b""
+        base = 0  # file offset of tail[0]
+        for chunk in chunks:
+            buf = tail + chunk
+            for i, (_, _, needle) in enumerate(needles):
+                for at in _find_all(buf, needle):
+                    if at + len(needle) > len(tail):  # not already counted in the tail
+                        total[i] += 1
+                        if first[i] < 0:
+                            first[i] = base + at
+            cut = max(0, len(buf) - keep)
+            base += cut
+            tail = buf[cut:]
         out = []
-        for sec in self.secrets:
-            for enc, needle in sec.encodings():
-                if not needle:
-                    continue
-                total = data.count(needle)
-                inside = self._decoded_hits.get((path, sec.number, enc), 0)
-                if total <= inside:
-                    continue
-                how = "" if enc == "raw" else f" ({enc}-encoded)"
-                first = data.find(needle)
-                if inside == 0:
-                    msg = (
-                        f"{sec.label}{how} found in the raw file at offset {first}, "
-                        "outside any decoded message"
-                    )
-                else:
-                    msg = (
-                        f"{sec.label}{how} found {total} time(s) in the raw file (first at "
-                        f"offset {first}), only {inside} inside decoded messages"
-                    )
-                out.append(Finding("secret", msg, file=path, secret=sec.number))
+        for i, (sec, enc, _) in enumerate(needles):
+            inside = self._decoded_hits.get((path, sec.number, enc), 0)
+            if total[i] <= inside:
+                continue
+            how = "" if enc == "raw" else f" ({enc}-encoded)"
+            if inside == 0:
+                msg = (
+                    f"{sec.label}{how} found in the raw file at offset {first[i]}, "
+                    "outside any decoded message"
+                )
+            else:
+                msg = (
+                    f"{sec.label}{how} found {total[i]} time(s) in the raw file (first at "
+                    f"offset {first[i]}), only {inside} inside decoded messages"
+                )
+            out.append(Finding("secret", msg, file=path, secret=sec.number))
         self.findings += out
         return out
 

@@ -36,15 +36,3 @@ class Secret:
             ("HEX", v.hex().upper().encode()),
             ("base64", base64.b64encode(v)),
         ]
-
-    def find_all(self, data: bytes) -> list[tuple[str, int]]:
-        """(encoding, offset) of every occurrence of the secret in `data`, in any encoding."""
-        hits: list[tuple[str, int]] = []
-        for enc, needle in self.encodings():
-            if not needle:
-                continue
-            start = data.find(needle)
-            while start >= 0:
-                hits.append((enc, start))
-                start = data.find(needle, start + 1)
-        return hits

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from typing import NoReturn
 
 from ..check.reports import write_json, write_junit
@@ -107,10 +108,12 @@ def main(argv: list[str]) -> int:
     return EXIT_VIOLATION if checker.failed else EXIT_PASS
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, size: int = 16 << 20) -> Iterator[bytes]:
+    """The file's bytes in bounded chunks."""
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            while chunk := fh.read(size):
+                yield chunk
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror}") from None
 
