@@ -307,7 +307,28 @@ def hierarchy_auth(tcti: str) -> bytes:
     return _run(tcti, body)
 
 
+EXTERNAL_AUTH = b"external-auth-2600"
+
+
+def load_external(tcti: str) -> bytes:
+    """A key loaded with LoadExternal (its sensitive area, authValue included, in clear),
+    then a session bound to it encrypts the seal and unseal: derivable."""
+    from tpm2_pytss.types import TPM2B_PUBLIC as PUB
+    from tpm2_pytss.types import TPM2B_SENSITIVE, TPMT_SENSITIVE
+
+    def body(e: ESAPI) -> bytes:
+        sens, pub = TPMT_SENSITIVE.keyedhash_from_secret(b"an hmac key for tpmsniff")
+        sens.authValue = TPM2B_AUTH(EXTERNAL_AUTH)
+        ext = e.load_external(PUB(pub), TPM2B_SENSITIVE(sens), ESYS_TR.RH_NULL)
+        e.tr_set_auth(ext, EXTERNAL_AUTH)
+        prim = primary(e)
+        return _seal_with(e, prim, session(e, "aes", bind=ext))
+
+    return _run(tcti, body)
+
+
 MATRIX = {
+    "load-external": load_external,
     "cascade": cascade,
     "hierarchy-auth": hierarchy_auth,
     "salted-persistent": salted_persistent,

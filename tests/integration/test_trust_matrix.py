@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, start_sniff, start_swtpm, tpmsniff_cmd
 from scenarios import (
+    EXTERNAL_AUTH,
     OBJECT_AUTH,
     OWNER_AUTH,
     PRIMARY_AUTH,
@@ -54,6 +55,7 @@ MATRIX = [
     Row("bound-learned", 1, 1, Verdict.WEAK, "CreatePrimary userAuth authValue", "hmac"),
     Row("cascade", 1, 1, Verdict.WEAK, "CreatePrimary userAuth authValue", "hmac"),
     Row("hierarchy-auth", 1, 1, Verdict.WEAK, "HierarchyChangeAuth newAuth authValue", "hmac"),
+    Row("load-external", 1, 1, Verdict.WEAK, "LoadExternal authValue", "hmac"),
     Row("bound-hidden", 0, 0, Verdict.ENCRYPTED, "bound to 0x80000001, authValue never seen"),
     Row("pw-plus-encrypt", 1, 1, Verdict.WEAK, "unsalted+unbound", "hmac"),
     Row("policy", 1, 1, Verdict.WEAK, "entity empty authValue", "hmac"),
@@ -129,7 +131,7 @@ def test_matrix(row: Row, tpm, tmp_path):
     # no report, log or stdout holds a secret (the console and capture are evidence)
     outputs = [out, err, out2, err2, rj.read_text(), rx.read_text(), sniff.stderr.read_text()]
     for text in outputs:
-        for value in (SECRET, PRIMARY_AUTH, OBJECT_AUTH, OWNER_AUTH):
+        for value in (SECRET, PRIMARY_AUTH, OBJECT_AUTH, OWNER_AUTH, EXTERNAL_AUTH):
             for enc in encodings(value):
                 assert enc.decode() not in text
     if row.secret_rc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tpm2_pytss.types import TPMS_SENSITIVE_CREATE
+from tpm2_pytss.types import TPMS_SENSITIVE_CREATE, TPMT_SENSITIVE
 
 from ..model import TpmInfo, Verdict
 
@@ -61,6 +61,15 @@ def _sensitive_create(buf: bytes) -> tuple[bytes, bytes] | None:
     try:
         sens, _ = TPMS_SENSITIVE_CREATE.unmarshal(buf)
         return bytes(sens.userAuth), bytes(sens.data)
+    except Exception:
+        return None
+
+
+def sensitive_auth(buf: bytes) -> bytes | None:
+    """The authValue inside a TPM2B_SENSITIVE's buffer (LoadExternal inPrivate)."""
+    try:
+        sens, _ = TPMT_SENSITIVE.unmarshal(buf)
+        return bytes(sens.authValue)
     except Exception:
         return None
 

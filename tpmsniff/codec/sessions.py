@@ -37,6 +37,7 @@ from .authvalues import (
     AuthBook,
     Readable,
     readable_values,
+    sensitive_auth,
 )
 from .names import NameBook
 from .paramcrypt import (
@@ -471,6 +472,11 @@ class SessionTracker:
             elif cc == CC_NV_DEFINE and len(cmd.params) >= 2 and r.field.endswith(" auth"):
                 index = int(cmd.params[1].nvPublic.nvIndex)
                 self.book.learn(r.value, "NV_DefineSpace auth", index, self.names.name(index))
+            elif cc == CC_LOAD_EXTERNAL and rsp.handles and r.field.endswith("inPrivate"):
+                auth = sensitive_auth(r.value)
+                if auth:
+                    h = rsp.handles[0]
+                    self.book.learn(auth, "LoadExternal authValue", h, self.names.name(h))
         k = auth_handle_count(cc, len(cmd.handles))
         for i, s in enumerate(cmd.sessions[:k]):
             entity = cmd.handles[i]
