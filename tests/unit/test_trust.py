@@ -185,6 +185,21 @@ def test_truncated_capture_exits_2_naming_file_and_offset(tmp_path):
     assert rc == 0 and "PARTIAL:" in out
 
 
+def test_swtpm_log_with_a_message_logged_in_part_is_partial(tmp_path):
+    lines = (DATA / "tpm2tools-workload.swtpm.log").read_text().splitlines(keepends=True)
+    heads = [
+        i
+        for i, line in enumerate(lines)
+        if "SWTPM_IO_Write" in line and int(line.rsplit(" ", 1)[1]) > 32
+    ]
+    i = heads[len(heads) // 2]
+    cut = tmp_path / "cut.log"
+    cut.write_text("".join(lines[: i + 2]))  # the header and one line of its dump
+    rc, _, err = check(cut, "--secret", "absent-secret-7")
+    assert rc == 2 and "logged only in part" in err and str(cut) in err
+    assert check(cut, "--secret", "absent-secret-7", "--allow-partial")[0] == 0
+
+
 def test_secret_outside_any_decoded_message_is_found(tmp_path):
     data = bytearray(Path(cap("salted")).read_bytes())
     # hide the secret's hex in an unknown pcapng block appended at the end

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from ..codec.annotate import Annotator
-from ..model import Frame, FrameConsumer
+from ..model import Channel, Frame, FrameConsumer
 from .capture import Partial, frames_from_capture
 from .detect import FORMATS, InputError, detect_format
 from .swtpmlog import frames_from_log
@@ -50,10 +50,24 @@ def frames_from_input(
     elif fmt not in FORMATS:
         raise InputError(f"{path}: unknown input format {fmt}")
     if fmt == "swtpm-log":
+        cut: int | None = None
         try:
-            yield from frames_from_log(path, ann)
+            for f in frames_from_log(path, ann):
+                if (
+                    cut is None
+                    and f.channel is Channel.TPM
+                    and (f.error or "").startswith("swtpm logged")
+                ):
+                    cut = f.seq  # a TPM message the log holds only in part
+                yield f
         except OSError as exc:
             raise InputError(f"{path}: {exc.strerror}") from None
+        if cut is not None:
+            why = f"TPM message {cut} is logged only in part"
+            if partial is not None:
+                partial.append(PartialInput(path, None, why))
+            else:
+                log.warning("input is partly unreadable", file=path, error=why)
         return
     n = 0
     try:
