@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", metavar="FILE", help="write one JSON object per message")
     p.add_argument(
         "--console",
-        choices=("hexdump", "summary", "none"),
+        choices=("hexdump", "summary", "tree", "none"),
         default="hexdump",
-        help="console output (default: hexdump)",
+        help="console output: hexdump, summary (one line per message), tree (every "
+        "field with its offset) or none (default: hexdump)",
     )
     p.add_argument(
         "--log-format",

@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-format", choices=FORMATS, default="auto")
     p.add_argument(
         "--output",
-        choices=("console", "summary", "jsonl"),
+        choices=("console", "hexdump", "summary", "tree", "jsonl"),
         default="summary",
-        help="what to print on stdout (default: summary)",
+        help="what to print on stdout: summary (one line per message), tree (every field "
+        "with its offset), console/hexdump (headers and hexdump), jsonl (default: summary)",
     )
     p.add_argument("--pcap", metavar="OUT", help="also write an annotated tpmsniff pcapng")
     add_auth_arg(p)
@@ -60,7 +61,7 @@ def main(argv: list[str]) -> int:
     if args.output == "jsonl":
         out = JsonlSink(out=sys.stdout, flush=False)
     else:
-        out = ConsoleSink("hexdump" if args.output == "console" else "summary")
+        out = ConsoleSink("hexdump" if args.output == "console" else args.output)
     sinks: list[FrameConsumer] = [out]
     if args.pcap:
         try:

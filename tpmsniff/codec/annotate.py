@@ -12,7 +12,7 @@ from dataclasses import replace
 from ..model import Channel, Direction, Event, Frame, Framing, TpmInfo
 from . import ctrl
 from .sessions import SessionTracker
-from .tpm import decode_command, decode_response
+from .tpm import decode_command, decode_response, with_recovered
 
 
 class Annotator:
@@ -60,12 +60,12 @@ class Annotator:
                 self.locality = m.locality  # MS-sim locality persists in swtpm
             info, err = decode_command(body)
             if not info.header_only:
-                info = self.sessions.on_command(conn, info, body)
+                info = with_recovered(self.sessions.on_command(conn, info, body))
             self._commands.setdefault(conn, deque()).append(info)
             return replace(base, locality=self.locality, tpm=info, error=err)
         info, err = decode_response(body, self._pop(conn))
         if not info.header_only:
-            info = self.sessions.on_response(conn, info, body)
+            info = with_recovered(self.sessions.on_response(conn, info, body))
         return replace(base, locality=self.locality, tpm=info, error=err)
 
     def _pop(self, conn: int) -> TpmInfo | None:

@@ -7,14 +7,18 @@ the header allows and the reason is returned alongside, to become an annotation.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from functools import cache
 from typing import Any, get_args, get_origin
 
 from tpm2_pytss import command_parser as cp
-from tpm2_pytss.constants import TPM2_CC, TPMA_SESSION
+from tpm2_pytss import types as pytypes
+from tpm2_pytss.constants import TPM2_CC, TPM2_CLOCK, TPM2_ECC, TPM2_ECC_CURVE, TPMA_SESSION
 from tpm2_pytss.TSS2_Exception import TSS2_Exception
 
-from ..model import NO_PARAM, Param, Session, TpmInfo, Verdict
+from ..model import NO_PARAM, Field, Fields, Kind, Param, Session, TpmInfo, Verdict
+from .fields import int_field, value_field
+from .part3 import NAMES
 
 TPM_RS_PW = 0x40000009
 ST_SESSIONS = 0x8002
@@ -38,14 +42,47 @@ def attrs_text(attrs: int) -> str:
     return "|".join(names) if names else "-"
 
 
+# Codes pytss names by an alias (TPM2_CC.FIRST, .LAST, MAC for HMAC) instead of Part 3's.
+_CC_NAMES = {
+    0x11F: "NV_UndefineSpaceSpecial",
+    0x155: "HMAC",
+    0x15B: "HMAC_Start",
+    0x19C: "PolicyParameters",
+}
+
+
 @cache
 def cc_name(cc: int) -> str:
+    if cc in _CC_NAMES:
+        return _CC_NAMES[cc]
     try:
         return str(TPM2_CC.to_string(cc)).removeprefix("TPM2_CC.")
     except ValueError:
         if cc & 0x20000000:
             return f"Vendor_0x{cc:08x}"
         return f"CC_0x{cc:08x}"
+
+
+# Gaps in tpm2-pytss 3.0's command_parser, filled here.
+class TPM2_CLOCK_ADJUST(TPM2_CLOCK):  # type: ignore[misc]
+    """ClockRateAdjust's rateAdjust: pytss names the type TPM2_CLOCK, which its C
+    library lacks ("undefined type name"); on the wire it is an INT8."""
+
+    _alias_name = "INT8"
+
+
+class TPMI_ECC_CURVE(TPM2_ECC_CURVE):  # type: ignore[misc]
+    """ECC_Parameters' and EC_Ephemeral's curveID: pytss names it TPM2_ECC (no C type)."""
+
+    _alias_name = "UINT16"
+
+
+_TYPE_FIX: dict[Any, Any] = {TPM2_CLOCK: TPM2_CLOCK_ADJUST, TPM2_ECC: TPMI_ECC_CURVE}
+# Parameters pytss leaves out (their bytes would go unexplained).
+_MISSING: dict[tuple[int, bool], tuple[Any, ...]] = {
+    (0x17F, True): (pytypes.TPML_PCR_SELECTION,),  # PolicyPCR: pcrs
+    (0x181, False): (pytypes.TPMS_TIME_INFO,),  # ReadClock: currentTime
+}
 
 
 @cache
@@ -76,7 +113,12 @@ def _param_types(cc: int, command: bool) -> tuple[Any, ...]:
     look = (
         cp.tpm2_command.lookup_command_class if command else cp.tpm2_response.lookup_response_class
     )
-    return tuple(look(cc).parameter_types())
+    types = tuple(_TYPE_FIX.get(t, t) for t in look(cc).parameter_types())
+    return types + _MISSING.get((cc, command), ())
+
+
+def _names(cc: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    return NAMES.get(cc, ((), (), (), ()))
 
 
 @cache
@@ -117,6 +159,72 @@ def _param(msg: bytes, offset: int, type_name: str | None, flag_set: bool) -> Pa
     return Param(verdict, type_name, offset, size)
 
 
+def _head_fields(msg: bytes, command: bool) -> tuple[Field, ...]:
+    tag, size, code = _header(msg)
+    return (
+        int_field("tag", "TPM2_ST", 0, 2, tag),
+        int_field("commandSize" if command else "responseSize", "UINT32", 2, 4, size),
+        int_field("commandCode", "TPM2_CC", 6, 4, code)
+        if command
+        else Field(
+            "responseCode", "TPM2_RC", 6, 4, Kind.INT, code, None if code else "TPM2_RC_SUCCESS"
+        ),
+    )
+
+
+def _handle_fields(
+    names: tuple[str, ...], handles: tuple[int, ...], offset: int
+) -> tuple[Field, ...]:
+    return tuple(
+        int_field(
+            names[i] if i < len(names) else f"handle{i + 1}", "TPM2_HANDLE", offset + 4 * i, 4, h
+        )
+        for i, h in enumerate(handles)
+    )
+
+
+def _param_fields(
+    names: tuple[str, ...], params: tuple[Any, ...], offset: int
+) -> tuple[Field, ...]:
+    out: list[Field] = []
+    for i, v in enumerate(params):
+        name = names[i] if i < len(names) else f"parameter{i + 1}"
+        if isinstance(v, cp.TPM_ENCRYPTED_PARAMETER):
+            data = bytes(v)
+            f = Field(
+                name,
+                v.underlying_type.__name__,
+                offset,
+                2 + len(data),
+                Kind.BYTES,
+                data,
+                encrypted=True,
+            )
+        else:
+            f = value_field(name, v, offset)
+        out.append(f)
+        offset += f.size
+    return tuple(out)
+
+
+def _session_field(i: int, s: Any, offset: int, command: bool) -> Field:
+    kids: list[Field] = []
+    off = offset
+    if command:
+        kids.append(int_field("sessionHandle", "TPM2_HANDLE", off, 4, int(s.handle)))
+        off += 4
+    for name, v in (
+        ("nonce", s.nonce),
+        ("sessionAttributes", s.attributes),
+        ("hmac", s.authorization if command else s.acknowledgment),
+    ):
+        f = value_field(name, v, off)
+        kids.append(f)
+        off += f.size
+    kind = "TPMS_AUTH_COMMAND" if command else "TPMS_AUTH_RESPONSE"
+    return Field(f"session[{i}]", kind, offset, off - offset, Kind.STRUCT, children=tuple(kids))
+
+
 def decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
     """Decode one TPM command (without transport prefix). Returns (info, error)."""
     tag, size, cc = _header(msg)
@@ -134,20 +242,28 @@ def decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
         if 14 + 4 * i <= len(msg)
     )
     offset = 10 + 4 * nh
+    hnames, pnames, _, _ = _names(cc)
     try:
         if size != len(msg) or offset > size:
             raise ValueError("commandSize does not match the message")
         parsed_sessions: tuple[Any, ...] = ()
+        auth: tuple[Field, ...] = ()
         if tag == ST_SESSIONS:
             auth_size = int.from_bytes(msg[offset : offset + 4], "big")
             if offset + 4 + auth_size > size:
                 raise ValueError("authorizationSize exceeds the command")
             parsed_sessions = tuple(cp.read_command_sessions(io.BytesIO(msg[offset:])))
+            fs = [int_field("authorizationSize", "UINT32", offset, 4, auth_size)]
+            off = offset + 4
+            for i, ps in enumerate(parsed_sessions):
+                fs.append(_session_field(i, ps, off, True))
+                off += fs[-1].size
+            auth = tuple(fs)
             offset += 4 + auth_size
         types = cp._set_encrypted_parameter(
             _param_types(cc, True), parsed_sessions, TPMA_SESSION.DECRYPT
         )
-        params, _ = cp.read_and_unmarshal(msg[offset:], *types)
+        params, used = cp.read_and_unmarshal(msg[offset:], *types)
     except Exception as exc:  # pytss raises TSS2_Exception, ValueError, struct errors...
         return TpmInfo(tag, size, cc, cc, name, handles, header_only=True), _why(exc)
     sessions = tuple(
@@ -156,8 +272,23 @@ def decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
     )
     flag = any(s.attributes & DECRYPT for s in sessions)
     param = _param(msg, offset, enc_type, flag)
-    info = TpmInfo(tag, size, cc, cc, name, handles, sessions, param, params=tuple(params))
-    return info, None
+    err = None
+    fields = None
+    try:
+        fields = Fields(
+            _head_fields(msg, True),
+            _handle_fields(hnames, handles, 10),
+            auth,
+            _param_fields(pnames, tuple(params), offset),
+        )
+    except Exception as exc:
+        err = "fields: " + _why(exc).removeprefix("decode failed: ")
+    if offset + used != size:
+        err = f"decode failed: {size - offset - used} bytes after the last parameter"
+    info = TpmInfo(
+        tag, size, cc, cc, name, handles, sessions, param, params=tuple(params), fields=fields
+    )
+    return info, err
 
 
 def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str | None]:
@@ -169,13 +300,16 @@ def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str |
     if tag not in (0x8001, 0x8002) or cc is None or command is None or command.header_only:
         return TpmInfo(tag, size, rc, cc, name, rc_text=text, header_only=True), None
     if rc != 0:
-        return TpmInfo(tag, size, rc, cc, name, rc_text=text), None
+        fields = Fields(_head_fields(msg, False)) if size == len(msg) == 10 else None
+        return TpmInfo(tag, size, rc, cc, name, rc_text=text, fields=fields), None
     layout = response_layout(cc)
     if layout is None:
         return TpmInfo(tag, size, rc, cc, name, rc_text=text, header_only=True), None
     nh, enc_type = layout
     try:
-        handle, params, rsp_sessions = _read_response(msg, cc, nh)
+        if size != len(msg):
+            raise ValueError("responseSize does not match the message")
+        handle, params, rsp_sessions, pend = _read_response(msg, cc, nh)
     except Exception as exc:
         return TpmInfo(tag, size, rc, cc, name, rc_text=text, header_only=True), _why(exc)
     handles = (handle,) if handle is not None else ()
@@ -194,11 +328,37 @@ def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str |
         s.attributes & ENCRYPT for s in cmd_sessions
     )
     param = _param(msg, offset, enc_type, flag)
-    return TpmInfo(tag, size, rc, cc, name, handles, sessions, param, text, params=params), None
+    _, _, rhnames, rpnames = _names(cc)
+    err = None
+    fields = None
+    try:
+        pf = _param_fields(rpnames, params, offset)
+        auth: list[Field] = []
+        if tag == ST_SESSIONS:
+            auth.append(int_field("parameterSize", "UINT32", offset - 4, 4, pend - offset))
+            off = pend
+            for i, rs in enumerate(rsp_sessions):
+                auth.append(_session_field(i, rs, off, False))
+                off += auth[-1].size
+        fields = Fields(
+            _head_fields(msg, False), _handle_fields(rhnames, handles, 10), tuple(auth), pf
+        )
+        end = (pf[-1].offset + pf[-1].size) if pf else offset
+        if end != pend:
+            err = f"decode failed: {pend - end} bytes after the last parameter"
+    except Exception as exc:
+        err = "fields: " + _why(exc).removeprefix("decode failed: ")
+    info = TpmInfo(
+        tag, size, rc, cc, name, handles, sessions, param, text, params=params, fields=fields
+    )
+    return info, err
 
 
-def _read_response(msg: bytes, cc: int, nh: int) -> tuple[int | None, tuple[Any, ...], list[Any]]:
-    """Parse a successful response with pytss types.
+def _read_response(
+    msg: bytes, cc: int, nh: int
+) -> tuple[int | None, tuple[Any, ...], list[Any], int]:
+    """Parse a successful response with pytss types; also returns where the parameter
+    area ends.
 
     Not `cp.read_response`: tpm2-pytss 3.0.0 reads a 4-byte size before the response
     authorization area, which has none (TPM 2.0 Part 1 §18.8), so every response with
@@ -218,6 +378,7 @@ def _read_response(msg: bytes, cc: int, nh: int) -> tuple[int | None, tuple[Any,
         pdata, sdata = msg[off : off + psize], msg[off + psize :]
     else:
         pdata, sdata = msg[off:], b""
+    pend = off + len(pdata)
     sessions = []
     while sdata:
         (nonce, attrs, ack), used = cp.read_and_unmarshal(
@@ -227,7 +388,30 @@ def _read_response(msg: bytes, cc: int, nh: int) -> tuple[int | None, tuple[Any,
         sdata = sdata[used:]
     types = cp._set_encrypted_parameter(_param_types(cc, False), sessions, TPMA_SESSION.ENCRYPT)
     params, _ = cp.read_and_unmarshal(pdata, *types)
-    return handle, tuple(params), sessions
+    return handle, tuple(params), sessions, pend
+
+
+def with_recovered(info: TpmInfo) -> TpmInfo:
+    """When tpmsniff decrypted the first parameter (a WEAK session), decode the plaintext
+    into fields too, in place of the ciphertext, marked as recovered."""
+    p = info.param
+    fs = info.fields
+    if p.recovered is None or fs is None or not fs.parameters or p.type_name is None:
+        return info
+    first = fs.parameters[0]
+    cls = getattr(pytypes, p.type_name, None)
+    if cls is None:
+        return info
+    buf = len(p.recovered).to_bytes(2, "big") + p.recovered
+    try:
+        obj, used = cls.unmarshal(buf)
+        if used != len(buf):
+            return info
+        plain = value_field(first.name, obj, first.offset)
+    except Exception:  # a wrong key gives garbage: keep the ciphertext field
+        return info
+    fields = replace(fs, parameters=(replace(plain, recovered=True), *fs.parameters[1:]))
+    return replace(info, fields=fields)
 
 
 def _why(exc: Exception) -> str:

@@ -4,6 +4,7 @@ Imports nothing of tpmsniff's outside this package (see docs/architecture.md).
 """
 
 from .events import ConnInfo, Event, Message
+from .fields import Field, Fields, Kind
 from .frame import (
     NO_PARAM,
     Channel,
@@ -30,9 +31,12 @@ __all__ = [
     "Direction",
     "Event",
     "EventSink",
+    "Field",
+    "Fields",
     "Frame",
     "FrameConsumer",
     "Framing",
+    "Kind",
     "Message",
     "Param",
     "Session",

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .fields import Fields
+
 
 class Direction(StrEnum):
     COMMAND = "command"
@@ -127,6 +129,7 @@ class TpmInfo:
     rc_text: str | None = None  # responses only
     header_only: bool = False  # TPM 1.2, unknown or vendor code: no deeper decode
     params: tuple[Any, ...] = field(default=(), compare=False, repr=False)  # pytss objects
+    fields: Fields | None = field(default=None, compare=False, repr=False)  # every field
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from .text import (
     ctrl_fields,
     one_line,
     session_text,
+    tree_lines,
     wants_colour,
 )
 
@@ -86,6 +87,8 @@ class ConsoleSink(BaseSink):
     def frame(self, f: Frame) -> None:
         if self.mode == "summary":
             self._print(self._summary(f))
+        elif self.mode == "tree":
+            self._print(self._tree(f))
         elif self.mode == "hexdump":
             self._print(self._full(f))
 
@@ -107,6 +110,13 @@ class ConsoleSink(BaseSink):
         if v is not Verdict.NA and self.colour:
             line = line.replace(f":{v}", ":" + self._c(VERDICT_STYLE[v], str(v)), 1)
         return line
+
+    def _tree(self, f: Frame) -> str:
+        """The summary line, then every field with its offset (like tpmstream)."""
+        lines = [self._summary(f)]
+        if f.tpm is not None and f.tpm.fields is not None:
+            lines += tree_lines(f.tpm.fields)
+        return "\n".join(lines)
 
     def _full(self, f: Frame) -> str:
         lines = [

@@ -7,7 +7,7 @@ import os
 from typing import Any, TextIO
 
 from ..codec.tpm import attrs_text
-from ..model import Direction, Frame, SessionFacts
+from ..model import Direction, Fields, Frame, SessionFacts
 from .base import BaseSink
 
 
@@ -53,6 +53,8 @@ def frame_to_dict(f: Frame, file: str | None = None) -> dict[str, Any]:
             d["recovered_hex"] = t.param.recovered.hex()
         if t.header_only:
             d["header_only"] = True
+        if t.fields is not None:
+            d["fields"] = fields_to_dict(t.fields)
     elif f.ctrl is not None:
         d["command"] = f"CMD_{f.ctrl.name}"
         d["ctrl_cmd"] = f.ctrl.cmd
@@ -64,6 +66,21 @@ def frame_to_dict(f: Frame, file: str | None = None) -> dict[str, Any]:
         d["param"] = "n/a"
     if f.error:
         d["error"] = f.error
+    return d
+
+
+def fields_to_dict(fs: Fields) -> dict[str, Any]:
+    """`{"handles": {NAME: VALUE}, "parameters": {NAME: VALUE}}` (docs/jsonl.md)."""
+    d: dict[str, Any] = {
+        "handles": {h.name: h.json_value() for h in fs.handles},
+        "parameters": {p.name: p.json_value() for p in fs.parameters},
+    }
+    recovered = [p.name for p in fs.parameters if p.recovered]
+    if recovered:
+        d["recovered"] = recovered
+    encrypted = [p.name for p in fs.parameters if p.encrypted]
+    if encrypted:
+        d["encrypted"] = encrypted
     return d
 
 

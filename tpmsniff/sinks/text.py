@@ -7,7 +7,7 @@ import os
 from typing import TextIO
 
 from ..codec.tpm import attrs_text
-from ..model import Channel, CtrlInfo, Direction, Frame, Session, Verdict
+from ..model import Channel, CtrlInfo, Direction, Field, Fields, Frame, Kind, Session, Verdict
 
 SESSION_KINDS = {0x02: "hmac", 0x03: "policy"}
 RESET, BOLD, DIM, RED, GREEN, YELLOW, CYAN = (
@@ -97,4 +97,226 @@ def one_line(f: Frame) -> str:
         parts.append("mssim")
     if f.error:
         parts.append(f"[{f.error}]")
+    what = semantic(f) if f.tpm is not None else None
+    if what:
+        parts.append("| " + what)
     return " ".join(parts)
+
+
+def _value_text(fl: Field) -> str:
+    if fl.kind is Kind.BYTES:
+        assert isinstance(fl.value, bytes)
+        n = len(fl.value)
+        shown = fl.value[:TREE_BYTES].hex() + ("…" if n > TREE_BYTES else "")
+        size = f"({n}) " if fl.type.startswith("TPM2B_") else ""
+        return size + (shown or "''")
+    if fl.kind in (Kind.INT, Kind.BITS):
+        assert isinstance(fl.value, int)
+        if fl.type == "TPM2_HANDLE":
+            name = _HIERARCHIES.get(fl.value)
+            return f"0x{fl.value:08x}" + (f" ({name})" if name else "")
+        hexed = f"0x{fl.value:0{fl.size * 2}x}"
+        return f"{fl.text} ({hexed})" if fl.text is not None else f"{fl.value} ({hexed})"
+    return ""
+
+
+TREE_BYTES = 32  # bytes shown per buffer in the tree (the hexdump shows them all)
+
+
+def tree_lines(fields: Fields, indent: str = "    ") -> list[str]:
+    """tpmstream-style: offset, name, type, value; children indented."""
+    lines: list[str] = []
+
+    def add(fl: Field, depth: int) -> None:
+        mark = " [recovered]" if fl.recovered else " [encrypted]" if fl.encrypted else ""
+        value = _value_text(fl)
+        if fl.kind is Kind.STRUCT and fl.type.startswith("TPM2B_"):
+            value = f"({fl.size - 2})"
+        text = f"{indent}{fl.offset:04x} {'  ' * depth}{fl.name}: {fl.type}"
+        lines.append(text + (f" = {value}" if value else "") + mark)
+        for c in fl.children:
+            if fl.kind is Kind.STRUCT and fl.type.startswith("TPM2B_") and c.name == "size":
+                continue  # shown as (n) on the TPM2B line
+            add(c, depth + 1)
+
+    for fl in fields.in_order():
+        add(fl, 0)
+    return lines
+
+
+# --- semantic one-liners -------------------------------------------------------------
+
+_HIERARCHIES = {
+    0x40000001: "owner",
+    0x40000007: "null",
+    0x4000000B: "endorsement",
+    0x4000000C: "platform",
+    0x4000000A: "lockout",
+    0x40000009: "PW",
+}
+_SHOWN_ATTRS = ("restricted", "decrypt", "sign")
+SEMANTIC_BYTES = 4  # bytes of a digest shown in a one-liner
+
+
+def _kid(fl: Field | None, *path: str) -> Field | None:
+    for name in path:
+        if fl is None:
+            return None
+        fl = next((c for c in fl.children if c.name == name), None)
+    return fl
+
+
+def _int(fl: Field | None) -> int | None:
+    return fl.value if fl is not None and isinstance(fl.value, int) else None
+
+
+def _short(fl: Field | None) -> str:
+    """An enumeration's constant without its prefix, lower case: TPM2_ALG_SHA256 -> sha256."""
+    if fl is None:
+        return "?"
+    if fl.text is not None:
+        if fl.kind is Kind.BITS:
+            return fl.text
+        for prefix in _PREFIXES:
+            if fl.text.startswith(prefix):
+                return fl.text.removeprefix(prefix).lower()
+        return fl.text.lower()
+    if fl.type == "TPM2_HANDLE" and isinstance(fl.value, int):
+        return handle_text(fl.value)
+    return str(fl.value)
+
+
+_PREFIXES = ("TPM2_ALG_", "TPM2_ECC_", "TPM2_SE_", "TPM2_CAP_", "TPM2_SU_", "TPM2_RH_", "TPM2_")
+
+
+def handle_text(h: int) -> str:
+    return _HIERARCHIES.get(h) or f"0x{h:08x}"
+
+
+def _hexcut(data: bytes, n: int = SEMANTIC_BYTES) -> str:
+    return data[:n].hex() + ("…" if len(data) > n else "")
+
+
+def _buf(fl: Field | None) -> bytes | None:
+    return fl.value if fl is not None and isinstance(fl.value, bytes) else None
+
+
+def public_text(pub: Field | None) -> str:
+    """`rsa2048 restricted|decrypt` of a TPM2B_PUBLIC / TPMT_PUBLIC field."""
+    if pub is None:
+        return "?"
+    area = _kid(pub, "publicArea") or pub
+    alg = _kid(area, "type")
+    kind = _short(alg)
+    if kind == "rsa":
+        kind += str(_int(_kid(area, "parameters", "keyBits")) or "")
+    elif kind == "ecc":
+        kind += " " + _short(_kid(area, "parameters", "curveID"))
+    elif kind == "symcipher":
+        sym = _kid(area, "parameters", "sym")
+        kind = f"{_short(_kid(sym, 'algorithm'))}{_int(_kid(sym, 'keyBits')) or ''}"
+    attrs = _kid(area, "objectAttributes")
+    shown = [a for a in (attrs.text or "").split("|") if a in _SHOWN_ATTRS] if attrs else []
+    return kind + (" " + "|".join(shown) if shown else "")
+
+
+def _pcr_sel(sel: Field | None) -> str:
+    parts = []
+    sels = _kid(sel, "pcrSelections")
+    for s in sels.children if sels is not None else ():
+        bits = _buf(_kid(s, "pcrSelect")) or b""
+        pcrs = [i for i in range(len(bits) * 8) if bits[i // 8] >> (i % 8) & 1]
+        if pcrs:
+            parts.append(f"{_short(_kid(s, 'hash'))}:{','.join(map(str, pcrs))}")
+    return " ".join(parts) or "none"
+
+
+def _generic(fields: Fields) -> list[str]:
+    out = [handle_text(_int(h) or 0) for h in fields.handles]
+    for p in fields.parameters:
+        if p.encrypted:
+            out.append(f"{p.name}=<{len(_buf(p) or b'')}B encrypted>")
+        elif p.kind in (Kind.INT, Kind.BITS):
+            out.append(f"{p.name}={_short(p)}")
+        elif p.kind is Kind.BYTES:
+            out.append(f"{p.name}({len(_buf(p) or b'')})")
+        elif p.type.startswith("TPM2B_"):
+            out.append(f"{p.name}({p.size - 2})")
+        else:
+            out.append(p.name)
+    return out
+
+
+def semantic(f: Frame) -> str | None:
+    """A short line saying what a TPM 2.0 message asks or answers, e.g.
+    `PCR_Extend pcr=7 sha256=3fa1…`, `NV_Write 0x01500016 offset=0 size=32`."""
+    t = f.tpm
+    if t is None or t.fields is None:
+        return None
+    fs = t.fields
+    h = [_int(x) or 0 for x in fs.handles]
+    p = {x.name: x for x in fs.parameters}
+    cmd = f.direction is Direction.COMMAND
+    name = t.name
+    words: list[str] | None = None
+    if not cmd and t.code != 0:
+        return None
+    try:
+        words = _special(name, cmd, h, p)
+    except (AttributeError, KeyError, IndexError, TypeError):
+        words = None
+    if words is None:
+        words = _generic(fs)
+    text = " ".join([name if cmd else f"{name} ->", *words])
+    return text if len(text) <= 160 else text[:159] + "…"
+
+
+def _special(name: str, cmd: bool, h: list[int], p: dict[str, Field]) -> list[str] | None:
+    if cmd:
+        if name == "PCR_Extend":
+            out = [f"pcr={h[0]}"]
+            for d in _kid(p["digests"], "digests").children:  # type: ignore[union-attr]
+                out.append(
+                    f"{_short(_kid(d, 'hashAlg'))}={_hexcut(_buf(_kid(d, 'digest')) or b'')}"
+                )
+            return out
+        if name in ("NV_Write", "NV_Read"):
+            size = len(_buf(p["data"]) or b"") if name == "NV_Write" else _int(p["size"])
+            return [f"0x{h[1]:08x}", f"offset={_int(p['offset'])}", f"size={size}"]
+        if name == "GetCapability":
+            cap = _short(p["capability"]).upper()
+            return [cap, f"0x{_int(p['property']):x}+{_int(p['propertyCount'])}"]
+        if name in ("CreatePrimary", "Create", "CreateLoaded"):
+            return [handle_text(h[0]), public_text(p["inPublic"])]
+        if name == "NV_DefineSpace":
+            pub = _kid(p["publicInfo"], "nvPublic")
+            attrs = _kid(pub, "attributes")
+            return [
+                f"0x{_int(_kid(pub, 'nvIndex')) or 0:08x}",
+                f"size={_int(_kid(pub, 'dataSize'))}",
+                attrs.text or "" if attrs else "",
+            ]
+        if name == "StartAuthSession":
+            how = "salted" if len(_buf(p["encryptedSalt"]) or b"") else "unsalted"
+            bind = "" if h[1] == 0x40000007 else f" bound(0x{h[1]:08x})"
+            sym = p["symmetric"]
+            alg = _short(_kid(sym, "algorithm"))
+            if alg not in ("null", "xor"):
+                alg += f"{_int(_kid(sym, 'keyBits'))}-{_short(_kid(sym, 'mode'))}"
+            return [_short(p["sessionType"]), how + bind, alg, _short(p["authHash"])]
+        if name == "GetRandom":
+            return [f"{_int(p['bytesRequested'])}"]
+        if name == "PCR_Read":
+            return [_pcr_sel(p["pcrSelectionIn"])]
+        return None
+    if name in ("GetRandom", "Unseal", "NV_Read"):
+        key = {"GetRandom": "randomBytes", "Unseal": "outData", "NV_Read": "data"}[name]
+        return [f"{len(_buf(p[key]) or b'')} bytes"]
+    if name == "GetCapability":
+        data = _kid(p["capabilityData"], "data")
+        n = _int(_kid(data, "count"))
+        more = _short(p["moreData"])
+        return [_short(_kid(p["capabilityData"], "capability")).upper(), f"{n}", f"more={more}"]
+    if name in ("CreatePrimary", "CreateLoaded", "Load", "LoadExternal", "StartAuthSession"):
+        return None  # generic: the new handle
+    return None
