@@ -45,3 +45,41 @@ def open_private(path: str, *, append: bool = False) -> int:
         os.close(fd)
         raise
     return fd
+
+
+STDOUT = "-"
+
+
+def is_stream(path: str) -> bool:
+    """`-` (standard output) or an existing named pipe: a live stream, not a file."""
+    if path == STDOUT:
+        return True
+    try:
+        return stat.S_ISFIFO(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def open_stream(path: str) -> int:
+    """Open `-` (a duplicate of standard output) or a named pipe of our own for writing.
+
+    The pipe is opened without following symlinks and must be a FIFO that belongs to us
+    (UnsafeFile otherwise); the open waits for a reader, as a pipe's writer does."""
+    if path == STDOUT:
+        return os.dup(1)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFile(errno.ELOOP, f"{path}: is a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISFIFO(st.st_mode):
+            raise UnsafeFile(errno.EINVAL, f"{path}: not a named pipe")
+        if st.st_uid != os.geteuid():
+            raise UnsafeFile(errno.EPERM, f"{path}: belongs to another user")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

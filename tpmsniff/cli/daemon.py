@@ -23,6 +23,7 @@ from ..codec.channels import CtrlChannel, DataChannel
 from ..codec.framing import DEFAULT_MAX_MESSAGE
 from ..model import FrameConsumer
 from ..pipeline import FramePipeline, InProcessPipeline, WorkerPipeline
+from ..safefile import STDOUT, is_stream
 from ..sinks.check import CheckSink
 from ..sinks.console import ConsoleSink
 from ..sinks.jsonl import JsonlSink
@@ -98,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="upstream control address (default: companion of --upstream)",
     )
-    p.add_argument("--pcap", metavar="FILE", help="write an annotated pcapng (mode 0600)")
+    p.add_argument(
+        "--pcap",
+        metavar="FILE",
+        help="write an annotated pcapng (mode 0600); `-` streams it to standard output (the "
+        "console then goes to stderr) and a named pipe gets it message by message, e.g. "
+        "for `wireshark -k -i -`",
+    )
     p.add_argument("--jsonl", metavar="FILE", help="write one JSON object per message")
     p.add_argument(
         "--console",
@@ -207,6 +214,8 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.pcap_rotate:
         if not args.pcap:
             raise StartupError("--pcap-rotate needs --pcap")
+        if is_stream(args.pcap):
+            raise StartupError("--pcap-rotate needs a file, not a pipe or standard output")
         try:
             parse_rotate(args.pcap_rotate)
         except ValueError as exc:
@@ -216,6 +225,8 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise StartupError(f"capture directory {folder}: not writable")
         return  # the ring's files are named from --pcap
     for path in (args.pcap, args.jsonl):
+        if path and path == args.pcap and is_stream(path):
+            continue  # `-` or a named pipe: opened by the sink (a pipe waits for its reader)
         if path:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -228,7 +239,8 @@ def make_sinks(args: argparse.Namespace) -> list[FrameConsumer]:
     sinks: list[FrameConsumer] = []
     console = None
     if args.console != "none":
-        console = ConsoleSink(args.console)
+        # with `--pcap -` standard output carries the capture: the console goes to stderr
+        console = ConsoleSink(args.console, sys.stderr if args.pcap == STDOUT else None)
         sinks.append(console)
     if args.pcap:
         sinks.append(

@@ -15,6 +15,7 @@ from ..codec.sessions import parse_auth
 from ..inputs import FORMATS, InputError, replay
 from ..model import FrameConsumer
 from ..pipeline import InProcessPipeline
+from ..safefile import STDOUT
 from ..sinks.console import ConsoleSink
 from ..sinks.jsonl import JsonlSink
 from ..sinks.pcapng import PcapngSink
@@ -45,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="what to print on stdout: summary (one line per message), tree (every field "
         "with its offset), console/hexdump (headers and hexdump), jsonl (default: summary)",
     )
-    p.add_argument("--pcap", metavar="OUT", help="also write an annotated tpmsniff pcapng")
+    p.add_argument(
+        "--pcap",
+        metavar="OUT",
+        help="also write an annotated tpmsniff pcapng (`-`: to standard output, and the "
+        "--output text to stderr)",
+    )
     add_auth_arg(p)
     return p
 
@@ -58,10 +64,11 @@ def main(argv: list[str]) -> int:
         print(f"tpmsniff decode: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     out: FrameConsumer
+    text = sys.stderr if args.pcap == STDOUT else sys.stdout  # `--pcap -`: stdout is the pcapng
     if args.output == "jsonl":
-        out = JsonlSink(out=sys.stdout, flush=False)
+        out = JsonlSink(out=text, flush=False)
     else:
-        out = ConsoleSink("hexdump" if args.output == "console" else args.output)
+        out = ConsoleSink("hexdump" if args.output == "console" else args.output, text)
     sinks: list[FrameConsumer] = [out]
     if args.pcap:
         try:

@@ -386,7 +386,8 @@ def walk(cdata: Any, ctype: Any, name: str, offset: int, type_name: str | None =
         n = _DIGEST_SIZES.get(alg)
         if n is None:
             raise FieldError(f"{tn}: unknown hash algorithm 0x{alg:04x}")
-        dig = Field("digest", "TPMU_HA", offset + 2, n, Kind.BYTES, ffi.buffer(cdata.digest)[0:n])
+        buf = ffi.buffer(ffi.addressof(cdata, "digest"), n)[:]
+        dig = Field("digest", "TPMU_HA", offset + 2, n, Kind.BYTES, buf)
         return Field(name, tn, offset, 2 + n, Kind.STRUCT, None, None, (head, dig))
     children: list[Field] = []
     values: dict[str, int] = {}
@@ -477,13 +478,14 @@ def value_field(name: str, value: Any, offset: int) -> Field:
             cdata, ctype = cdata[0], ctype.item
         return walk(cdata, ctype, name, offset, type(value).__name__)
     if isinstance(value, int):
-        tname = getattr(type(value), "_alias_name", None) or type(value).__name__
-        shown = _SHOWN_AS.get(tname, tname)
-        return int_field(name, shown, offset, ffi.sizeof(tname), int(value))
+        cls = type(value).__name__
+        wire = getattr(type(value), "_alias_name", None) or cls
+        return int_field(name, _SHOWN_AS.get(cls, cls), offset, ffi.sizeof(wire), int(value))
     raise FieldError(f"{name}: cannot lay out {type(value).__name__}")
 
 
-_SHOWN_AS = {"TPM2_CLOCK_ADJUST": "TPM2_CLOCK", "TPM2_ECC_CURVE": "TPM2_ECC_CURVE"}
+# our gap-filling classes (codec/tpm.py) are shown as the pytss constants they extend
+_SHOWN_AS = {"TPM2_CLOCK_ADJUST": "TPM2_CLOCK", "TPMI_ECC_CURVE": "TPM2_ECC_CURVE"}
 
 
 def value_fields(names: Sequence[str], values: Sequence[Any], offset: int) -> tuple[Field, ...]:

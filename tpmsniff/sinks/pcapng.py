@@ -23,6 +23,7 @@ from dpkt import pcapng
 
 from .. import __version__
 from ..model import CTRL_PORT, TPM_PORT, Channel, ConnInfo, Direction, Frame, Framing
+from ..safefile import is_stream, open_stream
 from .base import BaseSink
 from .text import one_line
 
@@ -62,10 +63,14 @@ class PcapngWriter:
     def __init__(self, path: str, append: bool = False) -> None:
         """append: add a new section to an existing file (a valid pcapng either way)."""
         self.path = path
-        mode = os.O_APPEND if append else os.O_TRUNC
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o600)
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.fchmod(fd, 0o600)  # captures hold secrets, whatever the umask or old mode
+        self.stream = is_stream(path)  # `-` or a named pipe: written as it comes
+        if self.stream:
+            fd = open_stream(path)
+        else:
+            mode = os.O_APPEND if append else os.O_TRUNC
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o600)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.fchmod(fd, 0o600)  # captures hold secrets, whatever the umask or old mode
         self._fd = fd
         self.size = 0
         shb = pcapng.SectionHeaderBlockLE(
@@ -93,16 +98,18 @@ class PcapngWriter:
 
     def _write(self, data: bytes) -> None:
         """Write one whole block, or none: a failed write (disk full) is cut back off, so
-        the file always ends on a complete block and stays readable."""
-        start = os.lseek(self._fd, 0, os.SEEK_END)
+        the file always ends on a complete block and stays readable. A stream (pipe) gets
+        each block as soon as it is made: nothing is buffered."""
+        start = 0 if self.stream else os.lseek(self._fd, 0, os.SEEK_END)
         view = memoryview(data)
         try:
             while view:
                 n = os.write(self._fd, view)
                 view = view[n:]
         except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, start)
+            if not self.stream:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start)
             raise
         self.size += len(data)
 
@@ -223,7 +230,7 @@ class PcapngSink(BaseSink):
         log.info("capture file started", path=self._w.path)
 
     def control(self, what: str) -> None:
-        if what == "reopen" and not self._failed:
+        if what == "reopen" and not self._failed and not (self._w and self._w.stream):
             self._next_file()
 
     @property
