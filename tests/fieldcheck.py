@@ -48,13 +48,19 @@ def _leaf(path: str, f: Field, msg: bytes, out: list[str]) -> None:
             out.append(f"{path}: buffer differs from bytes")
 
 
-def _walk(path: str, f: Field, msg: bytes, out: list[str]) -> None:
+def _walk(path: str, f: Field, msg: bytes, out: list[str], plain: bool = False) -> None:
+    """`plain`: inside a parameter tpmsniff decrypted: the layout must tile, but the values
+    are the plaintext, not the wire bytes (only the TPM2B size in clear is compared)."""
     p = f"{path}.{f.name}" if path else f.name
+    if f.recovered:
+        if int.from_bytes(msg[f.offset : f.offset + 2], "big") != f.size - 2:
+            out.append(f"{p}: recovered plaintext size differs from the wire")
+        plain = True
     if f.kind in (Kind.STRUCT, Kind.LIST):
         _tile(p, f.offset, f.offset + f.size, f.children, out)
         for c in f.children:
-            _walk(p, c, msg, out)
-    else:
+            _walk(p, c, msg, out, plain)
+    elif not plain:
         _leaf(p, f, msg, out)
 
 

@@ -27,6 +27,7 @@ from conftest import (
     wait_consumed,
     wait_for,
 )
+from fieldcheck import check_capture
 from test_relay_tools import log_sequence, tshark_fields
 from workload import SECRET, tpm2tools_workload
 
@@ -156,6 +157,13 @@ def tools_run(tmp_path_factory):
         anyif.stop()
         sw.stop()
     return tmp, sw
+
+
+def test_every_input_kind_decodes_field_by_field_exactly(tools_run):
+    tmp, sw = tools_run
+    for path in (tmp / "tcti.pcapng", tmp / "lo.pcapng", tmp / "any.pcap", sw.log):
+        counts = check_capture(str(path))
+        assert counts["messages"] > 50 and counts["errors"] == counts["header_only"] == 0, path
 
 
 def test_tcti_pcap_capture(tools_run):

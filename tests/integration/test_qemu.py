@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from captured import messages
 from conftest import Sniff, require, start_sniff, wait_for
+from fieldcheck import check_capture
 
 from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.inputs.swtpmlog import parse_file
@@ -136,6 +137,8 @@ def test_seabios_boot_loop_matches_swtpm_log(vm, device, bufsize):
     assert "cmd PCR_Extend loc=0" in text and "CMD_SHUTDOWN" in text
     comments = [p.comment for p in read_pcapng(str(sniff.pcap))]
     assert any("ctrl cmd CMD_SET_DATAFD" in c for c in comments)
+    counts = check_capture(str(sniff.pcap))  # firmware traffic decodes field by field, exactly
+    assert counts["errors"] == counts["header_only"] == 0
     print(f"{device}: {boots} boots, {n_cmds} TPM commands, {n_cmds / boots:.1f} per boot")
 
 

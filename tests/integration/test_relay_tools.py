@@ -11,6 +11,7 @@ import subprocess
 import pytest
 from captured import messages
 from conftest import require, start_sniff, start_swtpm
+from fieldcheck import check_capture
 from workload import NV_DATA, SECRET, tpm2tools_workload
 
 from tpmsniff.inputs.pcapng import read_pcapng
@@ -96,6 +97,13 @@ def test_tshark_decodes_every_message(run):
     assert len(comments) == len(frames)
     assert all(c[0] for c in comments)
     assert all(f.comment for f in frames)
+
+
+def test_every_field_decodes_exactly(run):
+    counts = check_capture(str(run["sniff"].pcap))
+    assert counts["messages"] > 50 and counts["errors"] == counts["header_only"] == 0
+    counts = check_capture(str(run["swtpm"].log))  # and the same from swtpm's own log
+    assert counts["messages"] > 50 and counts["errors"] == counts["header_only"] == 0
 
 
 def test_capture_file_is_private(run):

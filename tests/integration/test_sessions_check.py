@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from conftest import ROOT, run_tool, start_sniff, start_swtpm, tpmsniff_cmd
+from fieldcheck import check_capture
 from scenarios import SECRET, nv_roundtrip, seal_unseal
 from workload import tools_seal_unseal
 
@@ -130,6 +131,27 @@ def test_unsalted_unbound_is_weak_and_decrypted(captured):
     p = check(pcap, "--secret", SECRET.decode(), *REQ, "--allow-weak")
     assert p.returncode == 1 and "recovered by decrypting a weak session" in p.stdout
     assert "WEAK:" not in p.stdout  # --allow-weak: weakness alone is not a finding
+
+
+def test_recovered_parameter_decoded_into_fields(captured):
+    """Issue 12: the plaintext of a WEAK parameter is decoded into fields, marked."""
+    pcap = captured["unsalted"]
+    create = one(pcap, "Create", Direction.COMMAND)
+    first = create.tpm.fields.parameters[0]
+    assert first.name == "inSensitive" and first.recovered and not first.encrypted
+    data = first.children[1].children[1]  # sensitive.data
+    assert data.name == "data" and data.value == SECRET
+    rsp = one(pcap, "Unseal", Direction.RESPONSE)
+    out = rsp.tpm.fields.parameters[0]
+    assert out.name == "outData" and out.recovered and out.value == SECRET
+    salted = one(captured["salted"], "Unseal", Direction.RESPONSE).tpm.fields.parameters[0]
+    assert salted.encrypted and not salted.recovered and salted.value != SECRET
+
+
+def test_every_scenario_capture_decodes_exactly(captured):
+    for kind, pcap in captured.items():
+        counts = check_capture(str(pcap))
+        assert counts["messages"] > 10 and counts["errors"] == counts["header_only"] == 0, kind
 
 
 def test_xor_sessions(captured):
