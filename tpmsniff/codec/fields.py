@@ -261,9 +261,15 @@ def enum_text(type_name: str, value: int) -> str | None:
     ("TPM2_CAP_PCRS"), the `|`-joined flags of a TPMA_ bit field, or None."""
     if type_name == "TPM2_PT" and value in _PT_NAMES:
         return "TPM2_PT_" + _PT_NAMES[value]
+    if type_name == "TPM2_RC" and value == 0:
+        return "TPM2_RC_SUCCESS"  # pytss names 0 by an alias
     cls = _const_class(type_name)
     if cls is None or not issubclass(cls, C.TPM_FRIENDLY_INT):
         return None
+    if type_name in _PLAIN_BITS:  # pytss gives these no flag names
+        names = [n for bit, n in _PLAIN_BITS[type_name] if value & bit]
+        rest = value & ~sum(bit for bit, _ in _PLAIN_BITS[type_name])
+        return "|".join(names + ([f"0x{rest:x}"] if rest else [])) or "0"
     if issubclass(cls, C.TPMA_FRIENDLY_INTLIST):
         try:
             return str(cls(value)) or "0"
@@ -281,7 +287,24 @@ def enum_text(type_name: str, value: int) -> str | None:
 _PREFIX = {"TPM2_ALG_ID": "TPM2_ALG", "TPMI_YES_NO": "TPM2", "TPM2_ECC_CURVE": "TPM2_ECC"}
 
 
+# TPMA_ALGORITHM (Part 2 8.2): a plain TPM_FRIENDLY_INT in pytss, str() is the number
+_PLAIN_BITS = {
+    "TPMA_ALGORITHM": (
+        (0x1, "asymmetric"),
+        (0x2, "symmetric"),
+        (0x4, "hash"),
+        (0x8, "object"),
+        (0x100, "signing"),
+        (0x200, "encrypting"),
+        (0x400, "method"),
+    )
+}
+
+
+@cache
 def _is_bits(type_name: str) -> bool:
+    if type_name in _PLAIN_BITS:
+        return True
     cls = _const_class(type_name)
     return cls is not None and isinstance(cls, type) and issubclass(cls, C.TPMA_FRIENDLY_INTLIST)
 

@@ -186,7 +186,17 @@ def _short(fl: Field | None) -> str:
     return str(fl.value)
 
 
-_PREFIXES = ("TPM2_ALG_", "TPM2_ECC_", "TPM2_SE_", "TPM2_CAP_", "TPM2_SU_", "TPM2_RH_", "TPM2_")
+_PREFIXES = (
+    "TPM2_ALG_",
+    "TPM2_ECC_",
+    "TPM2_SE_",
+    "TPM2_CAP_",
+    "TPM2_SU_",
+    "TPM2_RH_",
+    "TPM2_CLOCK_",
+    "TPM2_EO_",
+    "TPM2_",
+)
 
 
 def handle_text(h: int) -> str:
