@@ -10,7 +10,7 @@ the fields tile the message and re-marshal (pytss) to exactly its bytes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from tpm2_pytss import constants as C
@@ -255,7 +255,7 @@ _PT_NAMES = {0x100 + i: n for i, n in enumerate(_PT_FIXED) if n != "-"} | {
 }
 
 
-@cache
+@lru_cache(maxsize=4096)  # bounded: some named types (handles, properties) have many values
 def enum_text(type_name: str, value: int) -> str | None:
     """The constant name of `value` in pytss's constants class `type_name`
     ("TPM2_CAP_PCRS"), the `|`-joined flags of a TPMA_ bit field, or None."""
@@ -309,9 +309,26 @@ def _is_bits(type_name: str) -> bool:
     return cls is not None and isinstance(cls, type) and issubclass(cls, C.TPMA_FRIENDLY_INTLIST)
 
 
-def int_field(name: str, type_name: str, offset: int, size: int, value: int) -> Field:
+@cache
+def _int_kind(type_name: str) -> tuple[Kind, bool]:
+    """(INT or BITS, whether its values have names): once per type."""
     kind = Kind.BITS if _is_bits(type_name) else Kind.INT
-    return Field(name, type_name, offset, size, kind, value, enum_text(type_name, value))
+    cls = _const_class(type_name)
+    named = (
+        type_name in _PLAIN_BITS
+        or type_name in ("TPM2_PT", "TPM2_RC")
+        or (isinstance(cls, type) and issubclass(cls, C.TPM_FRIENDLY_INT))
+    )
+    return kind, named
+
+
+_NEW = tuple.__new__  # Field(...) without NamedTuple's Python-level __new__: the hot path
+
+
+def int_field(name: str, type_name: str, offset: int, size: int, value: int) -> Field:
+    kind, named = _int_kind(type_name)
+    text = enum_text(type_name, value) if named else None
+    return _NEW(Field, (name, type_name, offset, size, kind, value, text, (), False, False))
 
 
 # A layout is a list of member specs, computed once per structure type:

@@ -410,7 +410,7 @@ def with_recovered(info: TpmInfo) -> TpmInfo:
         plain = value_field(first.name, obj, first.offset)
     except Exception:  # a wrong key gives garbage: keep the ciphertext field
         return info
-    fields = replace(fs, parameters=(replace(plain, recovered=True), *fs.parameters[1:]))
+    fields = replace(fs, parameters=(plain._replace(recovered=True), *fs.parameters[1:]))
     return replace(info, fields=fields)
 
 
