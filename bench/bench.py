@@ -88,10 +88,12 @@ def rss_kib(pid: int) -> int:
 
 def offline(copies: int) -> dict:
     """Decode speed: a mixed capture (the recorded tpm2-tools workload: sessions, seal,
-    unseal, NV, control channel) repeated `copies` times; tpmsniff decode vs tshark -V.
+    unseal, NV, control channel; and the ESAPI capture of every command swtpm implements)
+    repeated `copies` times; tpmsniff decode (every field, JSON Lines) vs tshark -V.
     CPU time (user+sys of the child) is reported besides wall time: on a shared VM it is
     the steadier figure."""
     log = ROOT / "tests" / "data" / "tpm2tools-workload.swtpm.log"
+    every = ROOT / "tests" / "data" / "all-commands.pcapng"
 
     def timed(cmd: list[str]) -> tuple[float, float, bytes]:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -105,7 +107,9 @@ def offline(copies: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         cap = Path(d) / "mixed.pcapng"
         subprocess.run(
-            [sys.executable, "-m", "tpmsniff", "decode", *[str(log)] * copies, "--pcap", str(cap)],
+            [sys.executable, "-m", "tpmsniff", "decode"]
+            + [str(log), str(every)] * copies
+            + ["--pcap", str(cap)],
             cwd=ROOT,
             check=True,
             stdout=subprocess.DEVNULL,
