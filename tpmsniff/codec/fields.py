@@ -323,6 +323,7 @@ def _int_kind(type_name: str) -> tuple[Kind, bool]:
 
 
 _NEW = tuple.__new__  # Field(...) without NamedTuple's Python-level __new__: the hot path
+_getattribute = object.__getattribute__
 
 
 def int_field(name: str, type_name: str, offset: int, size: int, value: int) -> Field:
@@ -512,7 +513,7 @@ def inner_name(inner: str, name: str) -> str:
 def value_field(name: str, value: Any, offset: int) -> Field:
     """One top-level handle or parameter as pytss unmarshalled it."""
     if isinstance(value, TPM_OBJECT):
-        cdata = value._cdata
+        cdata = _getattribute(value, "_cdata")  # not pytss's wrapping __getattribute__
         ctype = ffi.typeof(cdata)
         if ctype.kind == "pointer":
             cdata, ctype = cdata[0], ctype.item
