@@ -97,12 +97,12 @@ class NameBook:
         elif cc == CC_READ_PUBLIC and ch and len(rp) >= 2:
             self.names[ch[0]] = _bytes(rp[1])
         elif cc == CC_NV_READ_PUBLIC and ch and len(rp) >= 2:
-            self._nv[ch[0]] = rp[0] if not isinstance(rp[0], bytes) else None
+            self._nv[ch[0]] = _copy(rp[0]) if not isinstance(rp[0], bytes) else None
             self.names[ch[0]] = _bytes(rp[1])
         elif cc == CC_NV_DEFINE and len(cp) >= 2:
             pub = cp[1]
             index = int(pub.nvPublic.nvIndex)
-            self._nv[index] = pub
+            self._nv[index] = _copy(pub)
             self.names[index] = _bytes(pub.get_name())
         elif cc in (CC_NV_UNDEFINE, CC_NV_UNDEFINE_SPECIAL) and len(ch) >= 2:
             idx = ch[1] if cc == CC_NV_UNDEFINE else ch[0]
@@ -131,3 +131,12 @@ class NameBook:
                 self.names[rh[0]] = name
         elif cc == CC_FLUSH and cp:
             self.forget(int(cp[0]))
+
+
+def _copy(pub: Any) -> Any:
+    """A private copy of a TPM2B_NV_PUBLIC: following its WRITTEN/LOCKED bits must not
+    change the decoded parameters of a frame already handed to the sinks."""
+    try:
+        return type(pub).unmarshal(pub.marshal())[0]
+    except Exception:  # not a TPM2B_NV_PUBLIC we can copy (ciphertext): stop following it
+        return None
