@@ -38,8 +38,8 @@ unit: venv
 	$(PY) -m pytest -q tests/unit
 
 lint: venv ## ruff (lint + format) and mypy (strict for model/ and codec/)
-	$(PY) -m ruff check tpmsniff tests bench
-	$(PY) -m ruff format --check tpmsniff tests bench
+	$(PY) -m ruff check tpmsniff tests bench scripts
+	$(PY) -m ruff format --check tpmsniff tests bench scripts
 	$(PY) -m mypy
 
 demo: venv ## private swtpm + tpmsniff + a seal/unseal workload; shows the console
