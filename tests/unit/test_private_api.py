@@ -43,3 +43,12 @@ def test_pytss_parser_entry_points_exist():
     cls = cp.tpm2_command.lookup_command_class(int(TPM2_CC.GetRandom))
     assert cls.num_handles() == 0
     assert cp.tpm2_response.lookup_response_class(int(TPM2_CC.Load)).has_handle()
+
+
+def test_model_constants_match_pytss():
+    """model/ imports nothing, so it keeps the one wire constant it needs as a literal."""
+    from tpm2_pytss.constants import TPM2_RH
+
+    from tpmsniff.model import TPM_RS_PW
+
+    assert int(TPM2_RH.PW) == TPM_RS_PW

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tpm2_pytss.constants import TPM2_RH, TPM2_ST
+from tpm2_pytss.constants import TPM2_ST
 
-from ..model import Channel, Direction, Frame
+from ..model import TPM_RS_PW, Channel, Direction, Frame
 
-TPM_RS_PW = int(TPM2_RH.PW)
 ST_SESSIONS = int(TPM2_ST.SESSIONS)
 
 

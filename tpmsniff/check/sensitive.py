@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tpm2_pytss.constants import TPM2_CC
+
 from ..codec.authvalues import OPTIONAL_FIRST, SENSITIVE_FIRST, readable_values
 from ..codec.tpm import cc_name
 from ..model import Channel, Direction, Frame, Verdict
 from .findings import Finding
 
-_CREATES = (0x131, 0x153, 0x191)
+_CREATES = (TPM2_CC.CreatePrimary, TPM2_CC.Create, TPM2_CC.CreateLoaded)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,15 +15,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tpm2_pytss.constants import TPM2_CC
 from tpm2_pytss.types import TPMS_SENSITIVE_CREATE, TPMT_SENSITIVE
 
-from ..model import TpmInfo, Verdict
+from ..model import TPM_RS_PW, TpmInfo, Verdict
 
-TPM_RS_PW = 0x40000009
-CC_CREATE_PRIMARY, CC_CREATE, CC_CREATE_LOADED = 0x131, 0x153, 0x191
-CC_HIERARCHY_CHANGE_AUTH, CC_OBJECT_CHANGE_AUTH, CC_NV_CHANGE_AUTH = 0x129, 0x150, 0x13B
-CC_NV_DEFINE, CC_LOAD_EXTERNAL, CC_IMPORT, CC_DUPLICATE = 0x12A, 0x167, 0x156, 0x14B
-CC_UNSEAL, CC_NV_WRITE, CC_NV_READ, CC_GET_RANDOM = 0x15E, 0x137, 0x14E, 0x17B
+CC_CREATE_PRIMARY, CC_CREATE, CC_CREATE_LOADED = (
+    TPM2_CC.CreatePrimary,
+    TPM2_CC.Create,
+    TPM2_CC.CreateLoaded,
+)
+CC_HIERARCHY_CHANGE_AUTH, CC_OBJECT_CHANGE_AUTH, CC_NV_CHANGE_AUTH = (
+    TPM2_CC.HierarchyChangeAuth,
+    TPM2_CC.ObjectChangeAuth,
+    TPM2_CC.NV_ChangeAuth,
+)
+CC_NV_DEFINE, CC_LOAD_EXTERNAL, CC_IMPORT, CC_DUPLICATE = (
+    TPM2_CC.NV_DefineSpace,
+    TPM2_CC.LoadExternal,
+    TPM2_CC.Import,
+    TPM2_CC.Duplicate,
+)
+CC_UNSEAL, CC_NV_WRITE, CC_NV_READ, CC_GET_RANDOM = (
+    TPM2_CC.Unseal,
+    TPM2_CC.NV_Write,
+    TPM2_CC.NV_Read,
+    TPM2_CC.GetRandom,
+)
 
 # (cc, command?) -> field name of the first (encryptable) parameter, when it is sensitive
 SENSITIVE_FIRST: dict[tuple[int, bool], str] = {

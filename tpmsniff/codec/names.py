@@ -13,24 +13,31 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-CC_CREATE_PRIMARY = 0x131
-CC_CREATE_LOADED = 0x191
-CC_LOAD = 0x157
-CC_LOAD_EXTERNAL = 0x167
-CC_READ_PUBLIC = 0x173
-CC_NV_READ_PUBLIC = 0x169
-CC_NV_DEFINE = 0x12A
-CC_NV_UNDEFINE = 0x122
-CC_NV_UNDEFINE_SPECIAL = 0x11F
-CC_EVICT = 0x120
-CC_CONTEXT_SAVE = 0x162
-CC_CONTEXT_LOAD = 0x161
-CC_FLUSH = 0x165
+from tpm2_pytss.constants import TPM2_CC
+
+CC_CREATE_PRIMARY = TPM2_CC.CreatePrimary
+CC_CREATE_LOADED = TPM2_CC.CreateLoaded
+CC_LOAD = TPM2_CC.Load
+CC_LOAD_EXTERNAL = TPM2_CC.LoadExternal
+CC_READ_PUBLIC = TPM2_CC.ReadPublic
+CC_NV_READ_PUBLIC = TPM2_CC.NV_ReadPublic
+CC_NV_DEFINE = TPM2_CC.NV_DefineSpace
+CC_NV_UNDEFINE = TPM2_CC.NV_UndefineSpace
+CC_NV_UNDEFINE_SPECIAL = TPM2_CC.NV_UndefineSpaceSpecial
+CC_EVICT = TPM2_CC.EvictControl
+CC_CONTEXT_SAVE = TPM2_CC.ContextSave
+CC_CONTEXT_LOAD = TPM2_CC.ContextLoad
+CC_FLUSH = TPM2_CC.FlushContext
 MAX_CONTEXTS = 1024
-NV_WRITES = {0x137, 0x134, 0x136, 0x135}  # NV_Write, NV_Increment, NV_Extend, NV_SetBits
+NV_WRITES = {
+    TPM2_CC.NV_Write,
+    TPM2_CC.NV_Increment,
+    TPM2_CC.NV_Extend,
+    TPM2_CC.NV_SetBits,
+}  # NV_Write, NV_Increment, NV_Extend, NV_SetBits
 NV_WRITTEN = 0x20000000  # TPMA_NV_WRITTEN
 NV_WRITELOCKED, NV_READLOCKED = 0x00000800, 0x00040000
-CC_NV_WRITELOCK, CC_NV_READLOCK = 0x138, 0x14F
+CC_NV_WRITELOCK, CC_NV_READLOCK = TPM2_CC.NV_WriteLock, TPM2_CC.NV_ReadLock
 
 
 def handle_is_own_name(handle: int) -> bool:

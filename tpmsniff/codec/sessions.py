@@ -24,8 +24,9 @@ from functools import partial
 from typing import Any
 
 import structlog
+from tpm2_pytss.constants import TPM2_CC, TPM2_RH
 
-from ..model import Param, SessionFacts, TpmInfo, Verdict
+from ..model import TPM_RS_PW, Param, SessionFacts, TpmInfo, Verdict
 from .authvalues import (
     CC_CREATE,
     CC_CREATE_LOADED,
@@ -54,32 +55,68 @@ from .paramcrypt import (
 
 log = structlog.get_logger("tpmsniff.sessions")
 
-TPM_RS_PW = 0x40000009
-TPM_RH_NULL = 0x40000007
+TPM_RH_NULL = int(TPM2_RH.NULL)
 CONTINUE, DECRYPT, ENCRYPT = 0x01, 0x20, 0x40
-CC_START_AUTH_SESSION, CC_FLUSH = 0x176, 0x165
-CC_LOAD, CC_LOAD_EXTERNAL, CC_CONTEXT_LOAD = 0x157, 0x167, 0x161
-CC_POLICY_AUTH_VALUE, CC_POLICY_PASSWORD, CC_POLICY_RESTART = 0x16B, 0x18C, 0x180
+CC_START_AUTH_SESSION, CC_FLUSH = TPM2_CC.StartAuthSession, TPM2_CC.FlushContext
+CC_LOAD, CC_LOAD_EXTERNAL, CC_CONTEXT_LOAD = TPM2_CC.Load, TPM2_CC.LoadExternal, TPM2_CC.ContextLoad
+CC_POLICY_AUTH_VALUE, CC_POLICY_PASSWORD, CC_POLICY_RESTART = (
+    TPM2_CC.PolicyAuthValue,
+    TPM2_CC.PolicyPassword,
+    TPM2_CC.PolicyRestart,
+)
 # commands whose handles need no authorization (Part 3 "@" handles), and those with two
 ZERO_AUTH = {
-    0x173, 0x169, 0x162, 0x176, 0x174, 0x163, 0x177, 0x168, 0x160, 0x172, 0x171, 0x17F,
-    0x16F, 0x16D, 0x16C, 0x187, 0x16E, 0x170, 0x188, 0x16A, 0x16B, 0x18C, 0x189, 0x18F,
-    0x190, 0x180,
-}  # fmt: skip
-TWO_AUTH = {0x148, 0x147, 0x11F, 0x184, 0x14D, 0x133, 0x14C, 0x197, 0x185}
+    TPM2_CC.ReadPublic,
+    TPM2_CC.NV_ReadPublic,
+    TPM2_CC.ContextSave,
+    TPM2_CC.StartAuthSession,
+    TPM2_CC.RSA_Encrypt,
+    TPM2_CC.ECDH_KeyGen,
+    TPM2_CC.VerifySignature,
+    TPM2_CC.MakeCredential,
+    TPM2_CC.PolicySigned,
+    TPM2_CC.PolicyTicket,
+    TPM2_CC.PolicyOR,
+    TPM2_CC.PolicyPCR,
+    TPM2_CC.PolicyLocality,
+    TPM2_CC.PolicyCounterTimer,
+    TPM2_CC.PolicyCommandCode,
+    TPM2_CC.PolicyPhysicalPresence,
+    TPM2_CC.PolicyCpHash,
+    TPM2_CC.PolicyNameHash,
+    TPM2_CC.PolicyDuplicationSelect,
+    TPM2_CC.PolicyAuthorize,
+    TPM2_CC.PolicyAuthValue,
+    TPM2_CC.PolicyPassword,
+    TPM2_CC.PolicyGetDigest,
+    TPM2_CC.PolicyNvWritten,
+    TPM2_CC.PolicyTemplate,
+    TPM2_CC.PolicyRestart,
+}
+TWO_AUTH = {
+    TPM2_CC.Certify,
+    TPM2_CC.ActivateCredential,
+    TPM2_CC.NV_UndefineSpaceSpecial,
+    TPM2_CC.NV_Certify,
+    TPM2_CC.GetSessionAuditDigest,
+    TPM2_CC.GetCommandAuditDigest,
+    TPM2_CC.GetTime,
+    TPM2_CC.CertifyX509,
+    TPM2_CC.EventSequenceComplete,
+}
 SE_TYPES = {0: "hmac", 1: "policy", 3: "trial"}
 HIERARCHIES = {
-    0x40000001: "owner",
-    0x4000000B: "endorsement",
-    0x4000000C: "platform",
+    int(TPM2_RH.OWNER): "owner",
+    int(TPM2_RH.ENDORSEMENT): "endorsement",
+    int(TPM2_RH.PLATFORM): "platform",
     TPM_RH_NULL: "NULL",
 }
 HASH_NAMES = {0x0004: "SHA1", 0x000B: "SHA256", 0x000C: "SHA384", 0x000D: "SHA512", 0x0010: "NULL"}
 AUTH_NAMES = {
-    "owner": 0x40000001,
-    "endorsement": 0x4000000B,
-    "platform": 0x4000000C,
-    "lockout": 0x4000000A,
+    "owner": int(TPM2_RH.OWNER),
+    "endorsement": int(TPM2_RH.ENDORSEMENT),
+    "platform": int(TPM2_RH.PLATFORM),
+    "lockout": int(TPM2_RH.LOCKOUT),
     "null": TPM_RH_NULL,
 }
 

@@ -20,7 +20,6 @@ from ..model import NO_PARAM, Field, Fields, Kind, Param, Session, TpmInfo, Verd
 from .fields import int_field, value_field
 from .part3 import NAMES
 
-TPM_RS_PW = 0x40000009
 ST_SESSIONS = 0x8002
 DECRYPT = int(TPMA_SESSION.DECRYPT)
 ENCRYPT = int(TPMA_SESSION.ENCRYPT)

@@ -7,6 +7,7 @@ from .events import ConnInfo, Event, Message
 from .fields import Field, Fields, Kind
 from .frame import (
     NO_PARAM,
+    TPM_RS_PW,
     Channel,
     CtrlInfo,
     Direction,
@@ -25,6 +26,7 @@ __all__ = [
     "CTRL_PORT",
     "NO_PARAM",
     "TPM_PORT",
+    "TPM_RS_PW",
     "Channel",
     "ConnInfo",
     "CtrlInfo",

@@ -12,6 +12,8 @@ from typing import Any
 
 from .fields import Fields
 
+TPM_RS_PW = 0x40000009  # the password session's handle (TPM2_RH.PW; tested equal)
+
 
 class Direction(StrEnum):
     COMMAND = "command"
@@ -86,7 +88,7 @@ class Session:
 
     @property
     def is_password(self) -> bool:
-        return self.handle == 0x40000009
+        return self.handle == TPM_RS_PW
 
 
 @dataclass(frozen=True, slots=True)
