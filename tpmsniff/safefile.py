@@ -83,3 +83,11 @@ def open_stream(path: str) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def describe(path: str, exc: OSError) -> str:
+    """`PATH: reason` for an output that cannot be opened or written, in one line
+    (an UnsafeFile's message already names the path)."""
+    if isinstance(exc, UnsafeFile):
+        return exc.strerror or str(exc)
+    return f"{path}: {exc.strerror or exc}"

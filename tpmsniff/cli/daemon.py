@@ -1,7 +1,9 @@
 """Command line: `tpmsniff --listen ADDR --upstream ADDR [...]`.
 
-Exit codes: 0 clean stop; 2 usage error; 3 cannot start (listen address taken or
-unusable, upstream unreachable, capture file not writable). Errors are one line.
+Exit codes (tpmsniff.model.exits, EPILOG below): 0 clean stop; 1 a live check found a
+violation; 2 usage error; 3 cannot start (listen address taken or unusable, upstream
+unreachable, an output that cannot be opened or started); 4 outputs lost while running.
+Errors are one line.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from ..codec.annotate import Annotator
 from ..codec.channels import CtrlChannel, DataChannel
 from ..codec.framing import DEFAULT_MAX_MESSAGE
 from ..model import FrameConsumer
+from ..model.exits import EXIT_OK, EXIT_STARTUP, EXIT_USAGE
 from ..pipeline import FramePipeline, InProcessPipeline, WorkerPipeline
-from ..safefile import STDOUT, is_stream
+from ..pipeline.worker import WorkerStartError, start_error_text
+from ..safefile import STDOUT, describe, is_stream, open_private
 from ..sinks.check import CheckSink
 from ..sinks.console import ConsoleSink
 from ..sinks.jsonl import JsonlSink
@@ -33,11 +37,10 @@ from ..transport.conn import ConnCounter
 from ..transport.endpoints import check_unix_upstream, check_upstream
 from ..transport.errors import StartupError
 from ..transport.notify import notify
-from ..transport.relay import Relay
+from ..transport.relay import DEFAULT_MAX_CONNECTIONS, Relay
 from .args import add_secret_args, build_checker, checker_wanted
 from .logs import configure
 
-EXIT_OK, EXIT_USAGE, EXIT_STARTUP = 0, 2, 3
 log = structlog.get_logger("tpmsniff")
 
 DESCRIPTION = """\
@@ -64,13 +67,27 @@ exit codes:
   0  stopped cleanly (SIGTERM/SIGINT)
   1  stopped cleanly, but a live check (--secret, --sensitive, --require-encrypted) failed
   2  usage error
-  3  cannot start: listen address in use or not a socket, upstream unreachable,
-     capture file not writable"""
+  3  cannot start: listen address in use or not a socket, upstream unreachable, an
+     output (--pcap, --jsonl) that cannot be opened safely or whose header cannot be
+     written (symlink, not a regular file, another user's file, disk full)
+  4  stopped cleanly, but outputs were lost while running (capture worker died or was
+     killed, disk full, write error): the relay went on without them. A violation (1)
+     takes precedence, since the check that found it did run"""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, exit 2
         self.exit(EXIT_USAGE, f"tpmsniff: error: {message}\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"not a positive integer: {text!r}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda s: int(s, 8),
         metavar="OCTAL",
         help="permissions of Unix listen sockets, e.g. 0660",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help="concurrent clients per listen address (default: "
+        f"{DEFAULT_MAX_CONNECTIONS}); beyond it a new connection is closed at once",
     )
     p.add_argument(
         "--pcap-rotate",
@@ -227,12 +252,11 @@ def check_outputs(args: argparse.Namespace) -> None:
     for path in (args.pcap, args.jsonl):
         if path and path == args.pcap and is_stream(path):
             continue  # `-` or a named pipe: opened by the sink (a pipe waits for its reader)
-        if path:
+        if path:  # the same checks the sink makes, without truncating anything yet
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                os.close(open_private(path, append=True))
             except OSError as exc:
-                raise StartupError(f"capture {path}: {exc.strerror}") from None
-            os.close(fd)
+                raise StartupError(f"capture {describe(path, exc)}") from None
 
 
 def make_sinks(args: argparse.Namespace) -> list[FrameConsumer]:
@@ -261,11 +285,16 @@ def make_pipeline(args: argparse.Namespace, extra: Sequence[FrameConsumer] = ())
         _, auth = build_checker(args)  # validate --secret*/--auth before forking
     except ValueError as exc:
         raise StartupError(str(exc)) from None
-    if args.in_process:
-        return InProcessPipeline([*make_sinks(args), *extra], Annotator(auth))
-    return WorkerPipeline(
-        lambda: InProcessPipeline([*make_sinks(args), *extra], Annotator(auth), deferred=False)
-    )
+    try:
+        if args.in_process:
+            return InProcessPipeline([*make_sinks(args), *extra], Annotator(auth))
+        return WorkerPipeline(
+            lambda: InProcessPipeline([*make_sinks(args), *extra], Annotator(auth), deferred=False)
+        )
+    except OSError as exc:  # an output that cannot be opened or whose header fails
+        raise StartupError(start_error_text(exc)) from None
+    except WorkerStartError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def reopen(pipeline: FramePipeline) -> None:
@@ -297,6 +326,7 @@ async def serve(
             role={"auto": "auto", "qemu": "qemu", "swtpm": "data"}[args.mode],
             listen_mode=args.listen_mode,
             listen_owner=owner,
+            max_connections=args.max_connections,
         )
     ]
     if companion:
@@ -310,6 +340,7 @@ async def serve(
                 role="ctrl",
                 listen_mode=args.listen_mode,
                 listen_owner=owner,
+                max_connections=args.max_connections,
             )
         )
     try:

@@ -15,7 +15,7 @@ from ..codec.sessions import parse_auth
 from ..inputs import FORMATS, InputError, replay
 from ..model import FrameConsumer
 from ..pipeline import InProcessPipeline
-from ..safefile import STDOUT
+from ..safefile import STDOUT, describe
 from ..sinks.console import ConsoleSink
 from ..sinks.jsonl import JsonlSink
 from ..sinks.pcapng import PcapngSink
@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
         try:
             sinks.append(PcapngSink(args.pcap))
         except OSError as exc:
-            print(f"tpmsniff decode: error: {args.pcap}: {exc.strerror}", file=sys.stderr)
+            print(f"tpmsniff decode: error: {describe(args.pcap, exc)}", file=sys.stderr)
             return EXIT_USAGE
     pipeline = InProcessPipeline(sinks, deferred=False)
     code = EXIT_OK

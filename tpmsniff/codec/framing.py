@@ -79,6 +79,22 @@ class RequestFramer(_Framer):
             return [Message(data, Framing.RAW)]
         return self._drain(data)
 
+    def one(self, data: bytes) -> Message | None:
+        """`data` as one request if it is exactly one whole raw TPM command and nothing
+        is buffered (the usual read), else None."""
+        if not self._buf and _whole(data) and len(data) <= self.max_message:
+            return Message(data, Framing.RAW)
+        return None
+
+    def add(self, data: bytes) -> None:
+        """Buffer bytes without framing them yet (see `next`)."""
+        self._buf += data
+
+    def next(self) -> Message | None:
+        """The next whole request from the buffer, or None until more bytes arrive: lets
+        a caller frame lazily, so one large read never becomes thousands of messages."""
+        return self._next() if self._buf else None
+
     def _take(self, n: int) -> bytes:
         out = bytes(self._buf[:n])
         del self._buf[:n]

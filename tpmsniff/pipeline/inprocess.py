@@ -19,6 +19,7 @@ import structlog
 
 from ..codec.annotate import Annotator
 from ..model import ConnInfo, Event, Frame, FrameConsumer
+from ..model.exits import EXIT_CAPTURE_LOST, combine
 from .records import Closed, Control, Opened, Record, Relayed
 
 log = structlog.get_logger("tpmsniff.pipeline")
@@ -123,7 +124,9 @@ class InProcessPipeline:
 
     @property
     def exit_code(self) -> int:
-        return max((s.exit_code for s in self.sinks), default=0)
+        """A check's violation (1) first; a sink that failed means outputs were lost (4)."""
+        lost = EXIT_CAPTURE_LOST if self._broken else 0
+        return combine(lost, *(s.exit_code for s in self.sinks))
 
     def close(self) -> int:
         self.drain()

@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from ..codec.tpm import attrs_text
 from ..model import Direction, Fields, Frame, SessionFacts
+from ..safefile import open_private
 from .base import BaseSink
 
 
@@ -110,24 +111,24 @@ class JsonlSink(BaseSink):
         self.path = path
         if out is None:
             assert path is not None
-            out = self._open(os.O_TRUNC)
+            out = self._open(append=False)
             self._own = True
         else:
             self._own = False
         self.out = out
         self.file = file
 
-    def _open(self, mode: int) -> TextIO:
+    def _open(self, append: bool) -> TextIO:
+        """0600, no symlink followed, only our own regular file (docs/threat-model.md)."""
         assert self.path is not None
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o600)
-        return os.fdopen(fd, "w", encoding="utf-8")
+        return os.fdopen(open_private(self.path, append=append), "w", encoding="utf-8")
 
     def control(self, what: str) -> None:
         if what.startswith("input "):  # offline: the file the next frames come from
             self.file = what.removeprefix("input ")
         elif what == "reopen" and self._own:  # SIGHUP: logrotate moved the file away
             self.out.close()
-            self.out = self._open(os.O_APPEND)
+            self.out = self._open(append=True)
 
     def frame(self, f: Frame) -> None:
         self.out.write(json.dumps(frame_to_dict(f, self.file), separators=(",", ":")) + "\n")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import struct
 import time
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from dpkt import pcapng
 
 from .. import __version__
 from ..model import CTRL_PORT, TPM_PORT, Channel, ConnInfo, Direction, Frame, Framing
-from ..safefile import is_stream, open_stream
+from ..model.exits import EXIT_CAPTURE_LOST
+from ..safefile import is_stream, open_private, open_stream
 from .base import BaseSink
 from .text import one_line
 
@@ -64,14 +64,9 @@ class PcapngWriter:
         """append: add a new section to an existing file (a valid pcapng either way)."""
         self.path = path
         self.stream = is_stream(path)  # `-` or a named pipe: written as it comes
-        if self.stream:
-            fd = open_stream(path)
-        else:
-            mode = os.O_APPEND if append else os.O_TRUNC
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | mode | os.O_CLOEXEC, 0o600)
-            if stat.S_ISREG(os.fstat(fd).st_mode):
-                os.fchmod(fd, 0o600)  # captures hold secrets, whatever the umask or old mode
-        self._fd = fd
+        # captures hold secrets: 0600, no symlink followed, only our own regular file
+        # (or our own named pipe)
+        self._fd = open_stream(path) if self.stream else open_private(path, append=append)
         self.size = 0
         shb = pcapng.SectionHeaderBlockLE(
             opts=[
@@ -94,7 +89,11 @@ class PcapngWriter:
                 pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_ENDOFOPT),
             ],
         )
-        self._write(bytes(shb) + bytes(idb))
+        try:
+            self._write(bytes(shb) + bytes(idb))
+        except OSError as exc:  # e.g. disk full: the capture cannot start
+            self.close()
+            raise OSError(exc.errno, exc.strerror, path) from None
 
     def _write(self, data: bytes) -> None:
         """Write one whole block, or none: a failed write (disk full) is cut back off, so
@@ -355,6 +354,7 @@ class PcapngSink(BaseSink):
                 error=exc.strerror or str(exc),
             )
         self._failed = True
+        self.exit_code = EXIT_CAPTURE_LOST
         if self._w is not None:
             self._w.close()
             self._w = None

@@ -16,11 +16,19 @@ from typing import Any, Protocol
 
 import structlog
 
-from ..codec.channels import MAX_QUEUED_REQUESTS
+from ..codec.channels import MAX_QUEUED_BYTES
 from ..model import Channel, ConnInfo, Event, EventSink
 from .addresses import Address
+from .limits import RateLimited, guarded
 
 log = structlog.get_logger("tpmsniff.relay")
+
+EOF_GRACE = 2.0  # s: after client EOF, how long the last queued requests may take
+# Every client read lands here and is copied out before the next read (reads are
+# synchronous: get_buffer, recv, buffer_updated), so no read exceeds MAX_QUEUED_BYTES and
+# an idle connection costs no buffer.
+_READ_BUF = bytearray(MAX_QUEUED_BYTES)
+_relay_errors = RateLimited(log, "relay error; connection goes on unframed")
 
 
 class ChannelMachine(Protocol):
@@ -28,6 +36,18 @@ class ChannelMachine(Protocol):
 
     @property
     def backlog(self) -> int: ...
+
+    @property
+    def buffered(self) -> int: ...
+
+    @property
+    def full(self) -> bool: ...
+
+    @property
+    def hungry(self) -> bool: ...
+
+    @property
+    def done(self) -> bool: ...
 
     def from_client(self, data: bytes) -> tuple[list[bytes], list[Event]]: ...
 
@@ -49,6 +69,32 @@ class ConnCounter:
         return self.n
 
 
+class Passthrough:
+    """The machine a connection falls back to if its own raised: bytes still go through
+    unchanged, in the pieces they came in; nothing more is decoded."""
+
+    backlog = 0
+    buffered = 0
+    full = False
+    hungry = True
+    done = True
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def from_client(self, data: bytes) -> tuple[list[bytes], list[Event]]:
+        return [data], []
+
+    def from_server(self, data: bytes) -> tuple[list[bytes], list[Event]]:
+        return [], []
+
+    def client_eof(self) -> tuple[list[bytes], list[Event]]:
+        return [], []
+
+    def server_eof(self) -> list[Event]:
+        return []
+
+
 Connector = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.BaseTransport, Any]]]
 
 
@@ -62,6 +108,8 @@ class RelayContext(Protocol):
     clients: set[ClientConn]
 
     def machine(self) -> ChannelMachine: ...
+
+    def admit(self, conn: ClientConn) -> bool: ...
 
     async def connect_upstream(
         self, factory: Callable[[], asyncio.Protocol]
@@ -82,12 +130,13 @@ class Upstream(asyncio.Protocol):
         c = self.client
         if c.transport is not None and not c.closed:
             c.transport.write(data)  # forward first, unsplit
-        writes, events = c.sm.from_server(data)
+        writes, events = c.machine_call(lambda: c.sm.from_server(data), None)
         for w in writes:
             self.transport.write(w)  # type: ignore[union-attr]
-        if events:
-            c.relay.pipeline.events(c.conn, time.time(), events)
-        if c.paused and c.sm.backlog < MAX_QUEUED_REQUESTS // 2:
+        c.publish(events)
+        if c.closed:
+            c.maybe_close_upstream()
+        elif c.paused and c.sm.hungry:
             c.paused = False
             c.resume()
 
@@ -105,8 +154,11 @@ class Upstream(asyncio.Protocol):
         self.client.resume()
 
 
-class ClientConn(asyncio.Protocol):
-    """The client side of one relayed connection and its channel state machine."""
+class ClientConn(asyncio.BufferedProtocol):
+    """The client side of one relayed connection and its channel state machine.
+
+    Reads are at most MAX_QUEUED_BYTES, and reading stops while the machine is `full`, so
+    what a client sends beyond that waits in the kernel."""
 
     def __init__(
         self,
@@ -130,9 +182,14 @@ class ClientConn(asyncio.Protocol):
         self._finished = False
         self._early: list[bytes] = []  # bytes that arrived before the upstream connected
         self._connecting: asyncio.Task[None] | None = None
+        self._grace: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if not self.relay.admit(self):  # --max-connections: closed at once
+            self.closed = self._finished = True
+            transport.abort()  # type: ignore[attr-defined]
+            return
         self.conn = self.relay.counter.next()
         peer = transport.get_extra_info("peername")
         if self._peer_text:
@@ -170,9 +227,8 @@ class ClientConn(asyncio.Protocol):
             peer=self.peer,
             upstream=self.upstream_text,
         )
-        r.pipeline.conn_open(
-            ConnInfo(self.conn, self.sm.channel, self.peer, self.upstream_text, time.time())
-        )
+        info = ConnInfo(self.conn, self.sm.channel, self.peer, self.upstream_text, time.time())
+        guarded(lambda: r.pipeline.conn_open(info))
         early, self._early = self._early, []
         for data in early:
             self.data_received(data)
@@ -186,41 +242,94 @@ class ClientConn(asyncio.Protocol):
         if self.transport is not None and not self.paused and not self.relay.pipeline.congested:
             self.transport.resume_reading()
 
+    # -- reading the client (BufferedProtocol) -----------------------------------
+    def get_buffer(self, sizehint: int) -> memoryview:
+        room = MAX_QUEUED_BYTES - self.sm.buffered - sum(map(len, self._early))
+        return memoryview(_READ_BUF)[: max(room, 1)]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(_READ_BUF[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
         if self.up is None:  # reading is paused, but one read may already be in flight
             self._early.append(data)
             return
-        writes, events = self.sm.from_client(data)
+        writes, events = self.machine_call(lambda: self.sm.from_client(data), data)
         ut = self.up.transport
         assert ut is not None  # set in connection_made, before self.up is
         for w in writes:
             ut.write(w)
-        if events:
-            self.relay.pipeline.events(self.conn, time.time(), events)
-        if self.sm.backlog >= MAX_QUEUED_REQUESTS and not self.paused:
+        self.publish(events)
+        if self.sm.full and not self.paused and self.transport is not None:
             self.paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
+            self.transport.pause_reading()
+
+    def machine_call(
+        self, call: Callable[[], tuple[list[bytes], list[Event]]], data: bytes | None
+    ) -> tuple[list[bytes], list[Event]]:
+        """Run the channel machine; if it raises (a bug), log it (rate-limited) and relay
+        this connection byte for byte from now on (`data`: client bytes to pass on)."""
+        try:
+            return call()
+        except Exception as exc:
+            _relay_errors.warning(conn=self.conn, error=repr(exc))
+            self.sm = Passthrough(self.sm.channel)
+            return ([data] if data else []), []
+
+    def publish(self, events: list[Event]) -> None:
+        """Hand events to the pipeline; nothing it raises reaches the relay."""
+        if events:
+            guarded(lambda: self.relay.pipeline.events(self.conn, time.time(), events))
 
     def eof_received(self) -> bool:
         return False  # half-close is not used by any client: treat as full close
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._finished:
+            return
         self.closed = True
         if self.up is None:
             return  # _connect finishes the job (or the upstream never came)
-        if self.up.transport is not None:
-            writes, events = self.sm.client_eof()
+        ut = self.up.transport
+        if ut is None or ut.is_closing():
+            self._finish()
+            return
+        if exc is None:
+            # a clean EOF: what is queued still goes, one request at a time (see
+            # Upstream.data_received), for at most EOF_GRACE
+            writes, events = self.machine_call(self.sm.client_eof, None)
             for w in writes:
-                self.up.transport.write(w)
-            if events:
-                self.relay.pipeline.events(self.conn, time.time(), events)
-            self.up.transport.close()
-        self._finish()
+                ut.write(w)
+            self.publish(events)
+            self._grace = asyncio.get_running_loop().call_later(EOF_GRACE, self.close_upstream)
+            self.maybe_close_upstream()
+        else:
+            self.close_upstream()  # reset or broken pipe: dropped, as swtpm itself would
+
+    def maybe_close_upstream(self) -> None:
+        """After client EOF: close the upstream once the machine has nothing left."""
+        if self.sm.done:
+            self.close_upstream()
+
+    def close_upstream(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.close()  # connection_lost -> upstream_lost -> _finish
+
+    def abort(self) -> None:
+        """Stop now (daemon shutdown): both sides, whatever is buffered."""
+        for t in (self.transport, self.up.transport if self.up is not None else None):
+            if t is not None:
+                t.abort()
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        events = self.sm.server_eof()
-        if events:
-            self.relay.pipeline.events(self.conn, time.time(), events)
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        events = self.machine_call(lambda: ([], self.sm.server_eof()), None)[1]
+        self.publish(events)
         if self.transport is not None and not self.closed:
             self.transport.close()
         self._finish()
@@ -240,4 +349,4 @@ class ClientConn(asyncio.Protocol):
         self.relay.clients.discard(self)
         if self.up is not None:
             log.info("connection closed", conn=self.conn)
-            self.relay.pipeline.conn_close(self.conn, time.time())
+            guarded(lambda: self.relay.pipeline.conn_close(self.conn, time.time()))

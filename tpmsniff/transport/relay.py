@@ -25,9 +25,27 @@ from .conn import ChannelMachine, ClientConn, ConnCounter
 from .endpoints import prepare_unix_path
 from .errors import StartupError
 from .fdpass import recv_with_fds
+from .limits import RateLimited
 from .qemu import QemuCtrlSession
 
 log = structlog.get_logger("tpmsniff.relay")
+
+DEFAULT_MAX_CONNECTIONS = 128
+# accept() failures that say "not now" (out of fds, buffers or memory; a client that left
+# before we took it): back off briefly and accept again. Anything else is logged too, and
+# accepting goes on all the same.
+ACCEPT_TRANSIENT = {
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ENOBUFS,
+    errno.ENOMEM,
+    errno.ECONNABORTED,
+    errno.EPROTO,
+    errno.EPERM,
+    errno.EINTR,
+}
+ACCEPT_BACKOFF = 0.05  # s, doubling up to ACCEPT_BACKOFF_MAX while accept keeps failing
+ACCEPT_BACKOFF_MAX = 1.0
 
 
 class Relay:
@@ -49,6 +67,7 @@ class Relay:
         role: str = "data",
         listen_mode: int | None = None,
         listen_owner: tuple[int, int] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.listen = listen
         self.upstream = upstream
@@ -64,6 +83,9 @@ class Relay:
         self._lsock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.max_connections = max_connections
+        self.accept_errors = RateLimited(log, "accept failed; backing off")
+        self.refused = RateLimited(log, "connection limit reached; closing new connections")
         pipeline.pressure_listeners.append(self._pressure)
 
     def _pressure(self, congested: bool) -> None:
@@ -79,6 +101,19 @@ class Relay:
     @property
     def busy(self) -> bool:
         return bool(self.clients or self.sessions)
+
+    @property
+    def active(self) -> int:
+        """Connections held: relayed clients and those still being detected."""
+        return len(self.clients) + len(self._tasks)
+
+    def admit(self, conn: ClientConn) -> bool:
+        """--max-connections for connections asyncio's own server accepted (our accept
+        loop counts before it hands a connection on)."""
+        if self.role in ("auto", "qemu") or len(self.clients) < self.max_connections:
+            return True
+        self.refused.warning(listen=str(self.listen), limit=self.max_connections)
+        return False
 
     async def connect_upstream(
         self, factory: Callable[[], asyncio.Protocol]
@@ -134,19 +169,51 @@ class Relay:
         return s
 
     async def _accept_loop(self, lsock: socket.socket) -> None:
+        """Accept until stopped; no error ends it (see ACCEPT_TRANSIENT)."""
         loop = asyncio.get_running_loop()
-        while True:
+        backoff = ACCEPT_BACKOFF
+        while self._lsock is not None:
             try:
                 sock, _ = await loop.sock_accept(lsock)
-            except (OSError, asyncio.CancelledError):
+            except asyncio.CancelledError:
                 return
-            sock.setblocking(False)
-            task = loop.create_task(self._detect(sock))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            except OSError as exc:
+                if self._lsock is None:
+                    return  # stop_accepting closed it
+                self.accept_errors.warning(
+                    listen=str(self.listen),
+                    error=exc.strerror or str(exc),
+                    transient=exc.errno in ACCEPT_TRANSIENT,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, ACCEPT_BACKOFF_MAX)
+                continue
+            backoff = ACCEPT_BACKOFF
+            self._take(sock)
+
+    def _take(self, sock: socket.socket) -> None:
+        """An accepted connection: closed at once beyond --max-connections, else detected."""
+        if self.active >= self.max_connections:
+            self.refused.warning(listen=str(self.listen), limit=self.max_connections)
+            sock.close()
+            return
+        sock.setblocking(False)
+        task = asyncio.get_running_loop().create_task(self._detect(sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _detect(self, sock: socket.socket) -> None:
         """Read the first chunk (with any fds) and hand the connection to its role."""
+        try:
+            await self._hand_on(sock)
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except Exception as exc:  # nothing a client sends may end the accept loop's work
+            log.warning("client dropped", error=repr(exc))
+            sock.close()
+
+    async def _hand_on(self, sock: socket.socket) -> None:
         try:
             data, fds = await recv_with_fds(sock)
         except OSError as exc:
@@ -183,8 +250,10 @@ class Relay:
                 os.unlink(self.listen.path)
 
     def close_all(self) -> None:
+        """Shutdown: drop every connection now, whatever is still buffered."""
         for c in list(self.clients):
-            if c.transport is not None:
-                c.transport.close()
+            c.abort()
         for s in list(self.sessions):
             s.close()
+        for t in list(self._tasks):
+            t.cancel()
