@@ -1,7 +1,8 @@
 """`tpmsniff decode`: decode existing captures and swtpm logs, fully (sessions, verdicts).
 
-Exit codes: 0 decoded (possibly with warnings for partly broken inputs), 2 usage error or
-an input that cannot be read at all (one line naming the file).
+Exit codes: 0 decoded (possibly with warnings for partly broken inputs, naming the file
+and offset), 2 usage error or an input that cannot be read at all (one line per such
+input, after every readable input was decoded).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tpmsniff decode",
         description="Decode TPM traffic from captures (pcapng, pcap: tpmsniff, swtpm --pcap, "
         "tcti-pcap, tshark/tcpdump on lo, swtpm-log-to-pcap) and swtpm --log files.",
-        epilog="exit codes: 0 decoded, 2 usage error or unreadable input. Schema of "
+        epilog="exit codes: 0 decoded (a partly damaged input is decoded as far as it "
+        "can be, with a warning naming the file and offset), 2 usage error or an "
+        "unreadable input (every readable input is still decoded). Schema of "
         "--output jsonl: docs/jsonl.md",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT")
@@ -77,14 +80,13 @@ def main(argv: list[str]) -> int:
             print(f"tpmsniff decode: error: {describe(args.pcap, exc)}", file=sys.stderr)
             return EXIT_USAGE
     pipeline = InProcessPipeline(sinks, deferred=False)
-    code = EXIT_OK
+    errors: list[InputError] = []
     try:
-        replay(args.inputs, pipeline, auth, args.input_format)
-    except InputError as exc:
-        print(f"tpmsniff decode: error: {exc}", file=sys.stderr)
-        code = EXIT_USAGE
+        replay(args.inputs, pipeline, auth, args.input_format, errors)
     except BrokenPipeError:  # `| head`: the rest goes nowhere, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         pipeline.close()
-    return code
+    for err in errors:  # every readable input was decoded; the others are named here
+        print(f"tpmsniff decode: error: {err}", file=sys.stderr)
+    return EXIT_USAGE if errors else EXIT_OK

@@ -121,16 +121,26 @@ def replay(
     auth: dict[int, bytes] | None = None,
     fmt: str = "auto",
     partial: list[PartialInput] | None = None,
+    errors: list[InputError] | None = None,
 ) -> int:
     """Replay each input in turn (sessions are tracked per input); returns the frame count.
 
-    Raises InputError for an input that cannot be read at all. Before each input the
-    consumer gets `control("input PATH")`, so it can say which file a frame came from."""
+    Raises InputError for an input that cannot be read at all, unless `errors` is given:
+    then the error is appended there and the next input is replayed. Before each input
+    the consumer gets `control("input PATH")`, so it can say which file a frame came from."""
     base = 0
     frames = 0
     for path in paths:
         consumer.control(f"input {path}")
-        done = replay_frames(frames_from_input(path, Annotator(auth), fmt, partial), consumer, base)
+        try:
+            done = replay_frames(
+                frames_from_input(path, Annotator(auth), fmt, partial), consumer, base
+            )
+        except InputError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
+            continue
         frames += done.frames
         base = max([base, *done.conns])
     return frames

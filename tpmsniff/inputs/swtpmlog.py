@@ -26,7 +26,7 @@ _HEX = re.compile(r"^(?:[0-9A-F]{2} )*[0-9A-F]{2} ?$")
 class LogMessage:
     kind: str  # "tpm-cmd" | "tpm-rsp" | "ctrl-cmd" | "ctrl-rsp"
     data: bytes
-    length: int  # the length swtpm announced (ctrl dumps are cut at 1024 bytes)
+    length: int  # the message's length on the wire (ctrl dumps are cut at 1024 bytes)
     line: int  # 1-based line of the header
 
     @property
@@ -51,7 +51,7 @@ def _strip_prefix(line: str, prefix: str | None) -> str:
 def parse_lines(lines: Iterable[str], prefix: str | None = None) -> Iterator[LogMessage]:
     """Yield every dumped message in log order. The line prefix is learnt if not given."""
     kind = None
-    want = 0
+    want = announced = 0  # bytes the dump holds / bytes the message had on the wire
     buf = bytearray()
     start = 0
     for no, raw in enumerate(lines, 1):
@@ -63,13 +63,20 @@ def parse_lines(lines: Iterable[str], prefix: str | None = None) -> Iterator[Log
             line = _strip_prefix(line, prefix)
             m = _HEAD.search(line)
         if m:
-            if kind is not None:
-                yield LogMessage(kind, bytes(buf), want, start)
             k = m.group("kind")
-            if k == "Ctrl Rsp Continued":  # continuation of the previous reply's dump
-                kind = kind or "ctrl-rsp"
+            if k == "Ctrl Rsp Continued" and kind == "ctrl-rsp":
+                # GET_STATEBLOB: swtpm dumps the 16-byte reply header, then the blob that
+                # follows it in the same write, cut at 1024 bytes. One reply: its length
+                # is the header's plus the blob length the header announces.
+                more = int(m.group("n"))
+                total = len(buf) + (int.from_bytes(buf[12:16], "big") if len(buf) >= 16 else more)
+                want, announced = want + more, total
                 continue
-            kind, want, start = _KINDS[k], int(m.group("n")), no
+            if kind is not None:
+                yield LogMessage(kind, bytes(buf), announced, start)
+            kind = _KINDS.get(k, "ctrl-rsp")  # a continuation without its reply: one of its own
+            want = announced = int(m.group("n"))
+            start = no
             buf = bytearray()
             continue
         if kind is None:
@@ -78,10 +85,10 @@ def parse_lines(lines: Iterable[str], prefix: str | None = None) -> Iterator[Log
         if body and _HEX.match(body) and len(buf) < want:
             buf += bytes.fromhex(body)
         elif body:  # a libtpms or other line ends the dump
-            yield LogMessage(kind, bytes(buf), want, start)
+            yield LogMessage(kind, bytes(buf), announced, start)
             kind = None
     if kind is not None:
-        yield LogMessage(kind, bytes(buf), want, start)
+        yield LogMessage(kind, bytes(buf), announced, start)
 
 
 def parse_file(path: str, prefix: str | None = None) -> list[LogMessage]:
