@@ -242,6 +242,8 @@ def start_sniff(
     kind: str | None = None,
     extra: list[str] | None = None,
     name: str = "sniff",
+    preexec=None,
+    pcap: bool = True,
 ) -> Sniff:
     kind = kind or ("tcp" if upstream.startswith("tcp:") else "unix")
     d = tmp / name
@@ -256,15 +258,18 @@ def start_sniff(
     else:
         listen = str(d / "sniff.sock")
         tcti, probe = f"swtpm:path={listen}", listen
-    pcap = d / "capture.pcapng"
+    pcap_path = d / "capture.pcapng"
     out, err = d / "console.txt", d / "events.jsonl"
     args = (
         tpmsniff_cmd()
-        + ["--listen", listen, "--upstream", upstream, "--pcap", str(pcap), "--log-format", "json"]
+        + ["--listen", listen, "--upstream", upstream, "--log-format", "json"]
+        + (["--pcap", str(pcap_path)] if pcap else [])
         + (extra or [])
     )
-    proc = subprocess.Popen(args, stdout=out.open("w"), stderr=err.open("w"), cwd=ROOT)
-    s = Sniff(proc, listen, tcti, pcap, out, err)
+    proc = subprocess.Popen(
+        args, stdout=out.open("w"), stderr=err.open("w"), cwd=ROOT, preexec_fn=preexec
+    )
+    s = Sniff(proc, listen, tcti, pcap_path, out, err)
     wait_for(lambda: proc.poll() is not None or '"ready"' in err.read_text(), 20, "tpmsniff ready")
     if proc.poll() is not None:
         pytest.fail(f"tpmsniff exited {proc.returncode}: {err.read_text()}")

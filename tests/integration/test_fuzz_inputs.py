@@ -17,10 +17,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import DATA, ROOT, require
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from tests.conftest import DATA, ROOT, require
 from tpmsniff.cli import daemon
 
 SEED = 20261201
