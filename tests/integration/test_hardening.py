@@ -5,6 +5,7 @@ Real swtpm, tpmsniff as a process; fds and RSS read from /proc.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -168,10 +169,8 @@ def test_max_connections_closes_the_excess_at_once(tmp_path, mode):
         wait_for(lambda: fds(sniff.proc.pid) >= base + 3, 10, "three clients held")
         extra = [connect(sniff.listen) for _ in range(5)]
         for s in extra:
-            try:
+            with contextlib.suppress(ConnectionResetError):
                 assert s.recv(1) == b""  # closed at once, nothing relayed
-            except ConnectionResetError:
-                pass
             s.close()
         for s in held:
             s.close()
@@ -302,9 +301,10 @@ def test_symlink_fifo_and_foreign_files_are_refused(tmp_path, opt):
         link.symlink_to(victim)
         assert "symbolic link" in _start_fails(tmp_path, sw, opt, str(link)).stderr
         assert victim.read_bytes() == b"precious"
-        fifo = tmp_path / "fifo"
-        os.mkfifo(fifo)
-        _start_fails(tmp_path, sw, opt, str(fifo))  # no reader: refused all the same
+        if opt == "--jsonl":  # `--pcap FIFO` is a live stream (docs/usage.md)
+            fifo = tmp_path / "fifo"
+            os.mkfifo(fifo)
+            _start_fails(tmp_path, sw, opt, str(fifo))  # no reader: refused (ENXIO) all the same
         assert "not a regular file" in _start_fails(tmp_path, sw, opt, "/dev/full").stderr
         foreign = tmp_path / "foreign"
         foreign.write_bytes(b"theirs")
@@ -346,11 +346,8 @@ def test_capture_header_that_cannot_be_written_is_exit_3(tmp_path):
         pytest.fail(f"cannot mount a tmpfs (needs root, as in CI): {p.stderr}")
     sw = start_swtpm(tmp_path, "unix")
     try:
-        with open(small / "filler", "wb") as fh:  # the disk is full before we start
-            try:
-                fh.write(b"x" * (64 << 10))
-            except OSError:
-                pass
+        with open(small / "filler", "wb") as fh, contextlib.suppress(OSError):
+            fh.write(b"x" * (64 << 10))  # the disk is full before we start
         err = _start_fails(tmp_path, sw, "--pcap", str(small / "capture")).stderr
         assert "No space left on device" in err and "capture" in err
     finally:
