@@ -7,7 +7,7 @@ DEB_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-pcap0 tsha
 	qemu-system-x86 seabios socat pkg-config gcc python3-dev python3-venv systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv test unit lint demo bench man clean
+.PHONY: deps venv test unit lint demo bench man soak clean
 
 deps: ## install the Debian packages that are missing
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -36,6 +36,10 @@ test: lint ## lint, then the whole suite (unit + integration with real swtpm, tp
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
+
+SOAK_SECONDS ?= 600
+soak: venv ## the chaos test for SOAK_SECONDS (600): hostile clients, swtpm restarts, SIGHUP
+	TPMSNIFF_CHAOS_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider tests/integration/test_chaos.py
 
 lint: venv ## ruff (lint + format) and mypy (strict for model/ and codec/)
 	$(PY) -m ruff check tpmsniff tests bench scripts
