@@ -48,7 +48,7 @@ def test_in_process_order_and_isolation():
     p.events(1, 0.0, [CMD_EV, RSP_EV])
     p.control("reopen")
     p.conn_close(1, 0.0)
-    assert p.close() == 0
+    assert p.close() == 4  # the other sinks went on; the broken one's output is lost (issue 10)
     assert rec.calls == [
         ("open", 1),
         ("frame", "GetRandom"),
