@@ -29,6 +29,7 @@ EOF_GRACE = 2.0  # s: after client EOF, how long the last queued requests may ta
 # an idle connection costs no buffer.
 _READ_BUF = bytearray(MAX_QUEUED_BYTES)
 _relay_errors = RateLimited(log, "relay error; connection goes on unframed")
+_connect_errors = RateLimited(log, "upstream connect failed; closing client", interval=1.0)
 
 
 class ChannelMachine(Protocol):
@@ -109,8 +110,6 @@ class RelayContext(Protocol):
 
     def machine(self) -> ChannelMachine: ...
 
-    def admit(self, conn: ClientConn) -> bool: ...
-
     async def connect_upstream(
         self, factory: Callable[[], asyncio.Protocol]
     ) -> tuple[asyncio.BaseTransport, Any]: ...
@@ -186,10 +185,6 @@ class ClientConn(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if not self.relay.admit(self):  # --max-connections: closed at once
-            self.closed = self._finished = True
-            transport.abort()  # type: ignore[attr-defined]
-            return
         self.conn = self.relay.counter.next()
         peer = transport.get_extra_info("peername")
         if self._peer_text:
@@ -208,11 +203,8 @@ class ClientConn(asyncio.BufferedProtocol):
         try:
             _, up = await self._connector(lambda: Upstream(self))
         except OSError as exc:
-            log.warning(
-                "upstream connect failed; closing client",
-                conn=self.conn,
-                upstream=self.upstream_text,
-                error=exc.strerror or str(exc),
+            _connect_errors.warning(
+                conn=self.conn, upstream=self.upstream_text, error=exc.strerror or str(exc)
             )
             self.closed = True
             if self.transport is not None:

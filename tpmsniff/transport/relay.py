@@ -31,6 +31,7 @@ from .qemu import QemuCtrlSession
 log = structlog.get_logger("tpmsniff.relay")
 
 DEFAULT_MAX_CONNECTIONS = 128
+LISTEN_BACKLOG = 128
 # accept() failures that say "not now" (out of fds, buffers or memory; a client that left
 # before we took it): back off briefly and accept again. Anything else is logged too, and
 # accepting goes on all the same.
@@ -83,6 +84,7 @@ class Relay:
         self._lsock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._held: set[socket.socket] = set()  # accepted, not (yet) owned by a ClientConn
         self.max_connections = max_connections
         self.accept_errors = RateLimited(log, "accept failed; backing off")
         self.refused = RateLimited(log, "connection limit reached; closing new connections")
@@ -104,16 +106,9 @@ class Relay:
 
     @property
     def active(self) -> int:
-        """Connections held: relayed clients and those still being detected."""
-        return len(self.clients) + len(self._tasks)
-
-    def admit(self, conn: ClientConn) -> bool:
-        """--max-connections for connections asyncio's own server accepted (our accept
-        loop counts before it hands a connection on)."""
-        if self.role in ("auto", "qemu") or len(self.clients) < self.max_connections:
-            return True
-        self.refused.warning(listen=str(self.listen), limit=self.max_connections)
-        return False
+        """Connections held: relayed clients, and those being detected or run as QEMU
+        control sessions."""
+        return len(self.clients) + len(self._held)
 
     async def connect_upstream(
         self, factory: Callable[[], asyncio.Protocol]
@@ -128,17 +123,10 @@ class Relay:
         try:
             if self.listen.kind == "unix":
                 prepare_unix_path(self.listen.path)
-            if self.role in ("auto", "qemu"):
-                self._lsock = self._listen_socket()
-                self._accepting = loop.create_task(self._accept_loop(self._lsock))
-            elif self.listen.kind == "unix":
-                self.server = await loop.create_unix_server(
-                    lambda: ClientConn(self), self.listen.path
-                )
-            else:
-                self.server = await loop.create_server(
-                    lambda: ClientConn(self), self.listen.host, self.listen.port, reuse_address=True
-                )
+            # every mode accepts through _accept_loop, so EMFILE & co and
+            # --max-connections are handled (and logged) the same way everywhere
+            self._lsock = self._listen_socket()
+            self._accepting = loop.create_task(self._accept_loop(self._lsock))
             if self.listen.kind == "unix" and self.listen_mode is not None:
                 os.chmod(self.listen.path, self.listen_mode)
             if self.listen.kind == "unix" and self.listen_owner is not None:
@@ -164,7 +152,7 @@ class Relay:
             except OSError:
                 s.close()
                 raise
-        s.listen(64)
+        s.listen(LISTEN_BACKLOG)
         s.setblocking(False)
         return s
 
@@ -198,9 +186,23 @@ class Relay:
             sock.close()
             return
         sock.setblocking(False)
-        task = asyncio.get_running_loop().create_task(self._detect(sock))
+        self._held.add(sock)
+        work = self._detect(sock) if self.role in ("auto", "qemu") else self._relay(sock)
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _relay(self, sock: socket.socket) -> None:
+        """A connection of a fixed role (data or ctrl): relayed from its first byte."""
+        machine = channel_for("ctrl") if self.role == "ctrl" else self.machine()
+        self._held.discard(sock)  # the ClientConn counts from connection_made on
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: ClientConn(self, machine), sock
+            )
+        except Exception as exc:
+            log.warning("client dropped", error=repr(exc))
+            sock.close()
 
     async def _detect(self, sock: socket.socket) -> None:
         """Read the first chunk (with any fds) and hand the connection to its role."""
@@ -212,6 +214,8 @@ class Relay:
         except Exception as exc:  # nothing a client sends may end the accept loop's work
             log.warning("client dropped", error=repr(exc))
             sock.close()
+        finally:
+            self._held.discard(sock)
 
     async def _hand_on(self, sock: socket.socket) -> None:
         try:
@@ -233,6 +237,7 @@ class Relay:
         for fd in fds:
             os.close(fd)
         machine: ChannelMachine = channel_for("ctrl") if role == "ctrl" else self.machine()
+        self._held.discard(sock)
         loop = asyncio.get_running_loop()
         _, proto = await loop.connect_accepted_socket(lambda: ClientConn(self, machine), sock)
         proto.data_received(data)  # buffered until the upstream is connected
