@@ -216,3 +216,13 @@ def test_several_inputs_every_readable_one_decoded(inputs, tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("error:") == 1 and str(bad) in r.stderr and "Traceback" not in r.stderr
     assert "rsp Unseal" in r.stdout and "CMD_GET_STATEBLOB" in r.stdout
+
+
+def test_truncated_swtpm_log_warns_once_with_file_and_line(tmp_path):
+    lines = (DATA / "tpm2tools-workload.swtpm.log").read_bytes().splitlines(True)
+    cut = next(i for i, line in enumerate(lines) if b"SWTPM_IO_Write" in line) + 1
+    p = tmp_path / "cut.log"
+    p.write_bytes(b"".join(lines[: cut + 1]) + b"garbage line\n" + b"".join(lines[cut + 2 :]))
+    code, err = run_inprocess(["decode", str(p)])
+    assert code == 0 and len(err.splitlines()) == 1
+    assert str(p) in err and "logged only in part" in err

@@ -207,6 +207,13 @@ def test_client_that_never_reads_holds_only_its_own_connection(tmp_path):
         t0 = time.monotonic()
         rsp = getrandom(sniff.listen)
         latency = time.monotonic() - t0
+        # a second hog is still connected, with unread responses, when SIGTERM comes:
+        # the daemon stops all the same (issue 10: it did not within 15 s)
+        hog2 = connect(sniff.listen)
+        hog2.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(100):
+                hog2.send(burst)
     finally:
         code = sniff.stop()
         sw.stop()

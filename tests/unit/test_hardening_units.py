@@ -218,3 +218,16 @@ def test_unframed_garbage_is_released_whole():
     writes, events = ch.from_client(b"GET / HTTP/1.0\r\n\r\n")
     assert writes == [b"GET / HTTP/1.0\r\n\r\n"]
     assert events[0].message.framing is Framing.UNFRAMED
+
+
+def test_capture_writer_refuses_a_symlink(tmp_path):
+    from tpmsniff.safefile import UnsafeFile
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / "cap").symlink_to(victim)
+    with pytest.raises(UnsafeFile):
+        PcapngWriter(str(tmp_path / "cap"))
+    with pytest.raises(UnsafeFile):
+        PcapngWriter(str(tmp_path / "cap"), append=True)  # SIGHUP / ring files too
+    assert victim.read_bytes() == b"precious"

@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     pipeline = InProcessPipeline(sinks, deferred=False)
     errors: list[InputError] = []
     try:
-        replay(args.inputs, pipeline, auth, args.input_format, errors)
+        replay(args.inputs, pipeline, auth, args.input_format, errors=errors)
     except BrokenPipeError:  # `| head`: the rest goes nowhere, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
