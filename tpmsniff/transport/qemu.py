@@ -16,6 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -23,11 +24,13 @@ import structlog
 from ..codec.channels import CtrlChannel, DataChannel
 from ..codec.ctrl import Cmd
 from ..codec.roles import SET_DATAFD
-from ..model import Channel, ConnInfo, Direction
-from .conn import ClientConn, RelayContext
+from ..model import Channel, ConnInfo, Direction, Event
+from .conn import ClientConn, Passthrough, RelayContext
 from .fdpass import recv_with_fds, wait_fd
+from .limits import RateLimited, guarded
 
 log = structlog.get_logger("tpmsniff.qemu")
+_session_errors = RateLimited(log, "qemu control channel error; relaying byte for byte")
 
 
 class QemuCtrlSession:
@@ -72,7 +75,8 @@ class QemuCtrlSession:
             return
         self.usock = usock
         p = self.relay.pipeline
-        p.conn_open(ConnInfo(self.conn, Channel.CTRL, "qemu-ctrl", str(up), time.time()))
+        info = ConnInfo(self.conn, Channel.CTRL, "qemu-ctrl", str(up), time.time())
+        guarded(lambda: p.conn_open(info))
         log.info("qemu control channel", conn=self.conn)
         down = loop.create_task(self._from_swtpm())
         try:
@@ -83,20 +87,37 @@ class QemuCtrlSession:
         except OSError as exc:  # either side went away mid-message: close both
             log.info("qemu control channel error", conn=self.conn, error=exc.strerror or str(exc))
         finally:
-            writes, events = self.sm.client_eof()
+            writes, events = self._machine(self.sm.client_eof, None)
             for w in writes:
                 with contextlib.suppress(OSError):
                     await loop.sock_sendall(usock, w)
-            p.events(self.conn, time.time(), events)
+            self._publish(events)
             self.close()
             down.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await down
-            p.events(self.conn, time.time(), self.sm.server_eof())
-            p.conn_close(self.conn, time.time())
+            self._publish(self._machine(lambda: ([], self.sm.server_eof()), None)[1])
+            guarded(lambda: p.conn_close(self.conn, time.time()))
             usock.close()
             self.csock.close()
             log.info("qemu control channel closed", conn=self.conn)
+
+    def _machine(
+        self, call: Callable[[], tuple[list[bytes], list[Event]]], data: bytes | None
+    ) -> tuple[list[bytes], list[Event]]:
+        """The control machine; if it raises (a bug), this session relays byte for byte
+        from then on (logged, rate-limited): QEMU's VM must not pay for a decoder bug."""
+        try:
+            return call()
+        except Exception as exc:
+            _session_errors.warning(conn=self.conn, error=repr(exc))
+            self.sm = Passthrough(Channel.CTRL)  # type: ignore[assignment]
+            return ([data] if data else []), []
+
+    def _publish(self, events: list[Event], ts: float | None = None) -> None:
+        if events:
+            when = time.time() if ts is None else ts
+            guarded(lambda: self.relay.pipeline.events(self.conn, when, events))
 
     def _upstream(self) -> socket.socket:
         assert self.usock is not None, "used only after run() connected it"
@@ -105,7 +126,7 @@ class QemuCtrlSession:
     async def _from_client(self, data: bytes, fds: list[int]) -> None:
         loop = asyncio.get_running_loop()
         ts = time.time()
-        writes, events = self.sm.from_client(data)
+        writes, events = self._machine(lambda: self.sm.from_client(data), data)
         for w in writes:
             if w == SET_DATAFD and fds:
                 await self._set_datafd(fds.pop(0))
@@ -114,7 +135,7 @@ class QemuCtrlSession:
         for fd in fds:
             log.warning("closing unexpected fd from QEMU", conn=self.conn)
             os.close(fd)
-        self.relay.pipeline.events(self.conn, ts, events)
+        self._publish(events, ts)
 
     async def _set_datafd(self, qfd: int) -> None:
         """Give swtpm our own socketpair end; bridge QEMU's fd to the other end."""
@@ -158,8 +179,8 @@ class QemuCtrlSession:
                 if not data:
                     break
                 await loop.sock_sendall(self.csock, data)  # forward first, unsplit
-                _, events = self.sm.from_server(data)
-                self.relay.pipeline.events(self.conn, time.time(), events)
+                _, events = self._machine(partial(self.sm.from_server, data), None)
+                self._publish(events)
                 for ev in events:
                     if (
                         ev.ctrl_cmd == Cmd.SET_DATAFD
