@@ -226,3 +226,21 @@ def test_truncated_swtpm_log_warns_once_with_file_and_line(tmp_path):
     code, err = run_inprocess(["decode", str(p)])
     assert code == 0 and len(err.splitlines()) == 1
     assert str(p) in err and "logged only in part" in err
+
+
+def test_check_reads_every_readable_input_and_fails_closed(inputs, tmp_path):
+    good = tmp_path / "good.pcapng"
+    good.write_bytes(inputs["pcapng"])
+    bad = tmp_path / "bad.pcapng"
+    bad.write_bytes(b"\x0a\x0d\x0d\x0a" + b"\xff" * 40)
+    code, err = run_inprocess(["check", str(bad), str(good), "--require-encrypted", "Unseal"])
+    assert code == 2 and len(err.splitlines()) == 1 and str(bad) in err
+    r = subprocess.run(
+        [sys.executable, "-m", "tpmsniff", "check", str(bad), str(good), "--secret", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert r.returncode == 2 and "INCOMPLETE" in r.stdout and "message(s)" in r.stdout
+    assert r.stdout.split("message(s)")[0].split()[-1] != "0"  # the good one was read

@@ -64,21 +64,23 @@ def main(argv: list[str]) -> int:
         print(f"tpmsniff check: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     partial: list[PartialInput] = []
-    try:
-        frames = replay(args.inputs, CheckSink(checker, log_findings=False), auth, partial=partial)
-        if checker.secrets:
-            for path in args.inputs:  # fail closed: the file's bytes, whatever parsed
+    errors: list[InputError] = []  # every readable input is still checked
+    sink = CheckSink(checker, log_findings=False)
+    frames = replay(args.inputs, sink, auth, partial=partial, errors=errors)
+    if checker.secrets:
+        for path in args.inputs:  # fail closed: the file's bytes, whatever parsed
+            try:
                 checker.scan_raw(path, _read(path))
-    except InputError as exc:
-        print(f"tpmsniff check: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+            except InputError as exc:
+                if not any(str(e) == str(exc) for e in errors):
+                    errors.append(exc)
     checker.file = None
     checker.finish()
     for f in checker.findings:
         print(f.text())
     for p in partial:
         print(f"PARTIAL: {p.text()}")
-    incomplete = bool(partial) and not args.allow_partial
+    incomplete = (bool(partial) and not args.allow_partial) or bool(errors)
     verdict = "FAIL" if checker.failed else "INCOMPLETE" if incomplete else "PASS"
     print(
         f"{verdict}: {len(checker.findings)} finding(s) in {frames} message(s) "
@@ -91,13 +93,17 @@ def main(argv: list[str]) -> int:
                 checker,
                 frames,
                 args.inputs,
-                [p.text() for p in partial],
+                [p.text() for p in partial] + [str(e) for e in errors],
                 incomplete=incomplete,
             )
         if args.junit:
             write_junit(args.junit, checker, args.inputs)
     except OSError as exc:
         print(f"tpmsniff check: error: report {exc.filename or ''}{_why(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    for err in errors:  # an input that could not be read never passes
+        print(f"tpmsniff check: error: {err}", file=sys.stderr)
+    if errors:
         return EXIT_USAGE
     if incomplete:
         print(
