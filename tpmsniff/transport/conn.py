@@ -289,6 +289,7 @@ class ClientConn(asyncio.BufferedProtocol):
         if exc is None:
             # a clean EOF: what is queued still goes, one request at a time (see
             # Upstream.data_received), for at most EOF_GRACE
+            ut.resume_reading()  # responses now go nowhere: never wait on the client
             writes, events = self.machine_call(self.sm.client_eof, None)
             for w in writes:
                 ut.write(w)
