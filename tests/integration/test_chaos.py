@@ -60,8 +60,16 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+CONNECTS: Counter[str] = Counter()
+
+
 def conn(port: int, timeout: float = 5) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    except OSError:
+        CONNECTS["refused or failed"] += 1
+        raise
+    CONNECTS["made"] += 1
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
@@ -238,6 +246,7 @@ def test_chaos(tmp_path):
     stop.clear()
     good(0, rounds=6)
     base_fds, base_rss = fds(pid), rss_kib(pid)
+    CONNECTS.clear()
     threads = [threading.Thread(target=good, args=(n,)) for n in (1, 2, 3)]
     threads += [
         threading.Thread(target=hostile, args=(k, random.Random(i))) for i, k in enumerate(kinds)
@@ -274,7 +283,8 @@ def test_chaos(tmp_path):
     accept_errors = log.count("accept failed")
     refused = log.count("connection limit reached")
     print(
-        f"\nchaos {SECONDS:.0f}s: {dict(stats)}; swtpm restarts {restarts}, SIGHUP {hups}; "
+        f"\nchaos {SECONDS:.0f}s: connections {dict(CONNECTS)}; {dict(stats)}; "
+        f"swtpm restarts {restarts}, SIGHUP {hups}; "
         f"log lines: accept failed {accept_errors}, connection limit {refused}; "
         f"fds {base_fds} -> peak {peak_fds} -> {end_fds}; "
         f"RSS {base_rss} -> peak {peak_rss} -> {end_rss} KiB; exit {code}"
