@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import struct
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from conftest import DATA, ROOT, require
@@ -46,13 +48,24 @@ def inputs(tmp_path_factory) -> dict[str, bytes]:
 
 
 def run_inprocess(argv: list[str]) -> tuple[int, str]:
+    """The real `main`, with Python's stdout/stderr redirected and fd 2 too (C libraries
+    such as tpm2-tss write there directly)."""
     err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as fd2:
+        os.dup2(fd2.fileno(), 2)
         try:
-            code = daemon.main(argv)
-        except SystemExit as exc:  # argparse only
-            code = exc.code if isinstance(exc.code, int) else 2
-    return code, err.getvalue()
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                try:
+                    code = daemon.main(argv)
+                except SystemExit as exc:  # argparse only
+                    code = exc.code if isinstance(exc.code, int) else 2
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        fd2.seek(0)
+        raw = fd2.read().decode("utf-8", "replace")
+    return code, raw + err.getvalue()
 
 
 @st.composite
