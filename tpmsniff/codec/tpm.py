@@ -7,6 +7,7 @@ the header allows and the reason is returned alongside, to become an annotation.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import replace
 from functools import cache
 from typing import Any, get_args, get_origin
@@ -19,6 +20,12 @@ from tpm2_pytss.TSS2_Exception import TSS2_Exception
 from ..model import NO_PARAM, Field, Fields, Kind, Param, Session, TpmInfo, Verdict
 from .fields import int_field, value_field
 from .part3 import NAMES
+
+# tpm2-tss (under tpm2-pytss) logs every structure it cannot unmarshal ("count too big")
+# straight to fd 2, and reads TSS2_LOG at its first log call, after this import. Guests
+# and damaged captures send such structures; tpmsniff reports them itself, in one line.
+# Set only where tpmsniff decodes, and TSS2_LOG set by the user still wins.
+os.environ.setdefault("TSS2_LOG", "all+NONE")
 
 ST_SESSIONS = 0x8002
 DECRYPT = int(TPMA_SESSION.DECRYPT)
