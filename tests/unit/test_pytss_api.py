@@ -30,6 +30,12 @@ def test_private_command_parser_api_is_as_used():
     assert enc and get_args(enc[0]) == (TPM2B_SENSITIVE_CREATE,)
     plain = cp._set_encrypted_parameter(types, (), TPMA_SESSION.DECRYPT)
     assert plain[0] is TPM2B_SENSITIVE_CREATE
+    sess = cp.tpm2_command_session(
+        0x02000000, cp.TPM2B_NONCE(b"n" * 16), TPMA_SESSION.DECRYPT, cp.TPM2B_AUTH(b"")
+    )
+    flagged = cp._set_encrypted_parameter(types, [sess], TPMA_SESSION.DECRYPT)
+    assert get_origin(flagged[0]) is cp.TPM_ENCRYPTED_PARAMETER
+    assert tuple(flagged[1:]) == tuple(types[1:])
     assert cp.tpm2_command.num_handles.__func__ and create.num_handles() == 1
     assert cp.tpm2_response.lookup_response_class(0x153).has_handle() is False
     assert hasattr(cp, "read_command_sessions") and hasattr(cp, "tpm2_response_session")
@@ -63,3 +69,12 @@ def test_every_pytss_command_has_part3_names():
         assert len(params) == len(tpm._param_types(cc, True)), tpm.cc_name(cc)
         assert len(rhandles) == int(cp.tpm2_response.lookup_response_class(cc).has_handle())
         assert len(rparams) == len(tpm._param_types(cc, False)), tpm.cc_name(cc)
+
+
+def test_model_constants_match_pytss():
+    """model/ imports nothing, so it keeps the one wire constant it needs as a literal."""
+    from tpm2_pytss.constants import TPM2_RH
+
+    from tpmsniff.model import TPM_RS_PW
+
+    assert int(TPM2_RH.PW) == TPM_RS_PW
