@@ -7,7 +7,7 @@ DEB_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-pcap0 tsha
 	qemu-system-x86 seabios socat pkg-config gcc python3-dev python3-venv systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv test unit lint demo bench man soak clean
+.PHONY: deps venv native test unit lint demo bench man soak clean
 
 deps: ## install the Debian packages that are missing
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -25,7 +25,10 @@ $(VENV)/.installed: pyproject.toml | deps
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-venv: deps $(VENV)/.installed
+native: $(VENV)/.installed ## build the native relay (--relay native) with cffi, in place
+	$(PY) -m tpmsniff._native.build
+
+venv: deps $(VENV)/.installed native
 
 test: lint ## lint, then the whole suite (unit + integration with real swtpm, tpm2-tools, tshark, QEMU) under coverage
 	rm -rf .coverage-data
@@ -49,11 +52,12 @@ lint: venv ## ruff (lint + format) and mypy (strict for model/ and codec/)
 demo: venv ## private swtpm + tpmsniff + a seal/unseal workload; shows the console
 	$(PY) bench/demo.py
 
-bench: venv ## latency/throughput vs direct and socat, RSS growth
+bench: venv ## one table: latency, tail, start-up, 4-client throughput, RSS, CPU vs socat
+	$(PY) -m compileall -q tpmsniff  # as installed: measured start-up includes no compiling
 	$(PY) bench/bench.py
 
 man: venv ## regenerate docs/tpmsniff.1 from the argument parsers
 	$(PY) -m tpmsniff.cli.manpage > docs/tpmsniff.1
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .coverage-data
+	rm -rf $(VENV) out .pytest_cache .coverage-data tpmsniff/_native/_relay.*

@@ -286,3 +286,16 @@ def run_tool(
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({p.returncode}): {p.stderr.decode()}")
     return p
+
+
+def pytest_sessionstart(session) -> None:
+    """The native relay is tested like every relay path: build it if it is not built
+    (a compiler error fails the session, like a missing tool)."""
+    from tpmsniff._native import NativeUnavailable, load
+
+    try:
+        load()
+    except NativeUnavailable:
+        from tpmsniff._native.build import build
+
+        build()

@@ -179,9 +179,14 @@ def test_garbage_and_eof_on_control_socket(vm):
 
 class Monitor:
     def __init__(self, path: str) -> None:
-        wait_for(lambda: Path(path).exists(), 20, "QEMU monitor")
-        self.s = socket.socket(socket.AF_UNIX)
-        self.s.connect(path)
+        def connected() -> bool:  # the path exists a moment before QEMU listens on it
+            self.s = socket.socket(socket.AF_UNIX)
+            if self.s.connect_ex(path) == 0:
+                return True
+            self.s.close()
+            return False
+
+        wait_for(connected, 20, "QEMU monitor")
         self.s.settimeout(10)
         self._read_until(b"(qemu) ")
 

@@ -49,10 +49,11 @@ def tpm_log(sw) -> list[bytes]:
     return [m.data for m in parse_file(str(sw.log)) if m.kind == "tpm-cmd"]
 
 
-@pytest.fixture
-def pair(tmp_path):
+@pytest.fixture(params=["python", "native"])
+def pair(request, tmp_path):
+    """swtpm and tpmsniff, for each relay path (--relay python|native)."""
     sw = start_swtpm(tmp_path, "tcp")
-    sniff = start_sniff(tmp_path, sw.data, extra=["--console", "summary"])
+    sniff = start_sniff(tmp_path, sw.data, extra=["--console", "summary", "--relay", request.param])
     yield sw, sniff
     sniff.stop()
     sw.stop()
@@ -140,9 +141,10 @@ def test_many_concurrent_short_lived_clients(pair, tmp_path):
     assert len(cmds) >= 48  # GetCapability + GetRandom each
 
 
-def test_upstream_gone_closes_client_daemon_survives(tmp_path):
+@pytest.mark.parametrize("relay", ["python", "native"])
+def test_upstream_gone_closes_client_daemon_survives(tmp_path, relay):
     sw = start_swtpm(tmp_path, "tcp")
-    sniff = start_sniff(tmp_path, sw.data, extra=["--listen-ctrl", "none"])
+    sniff = start_sniff(tmp_path, sw.data, extra=["--listen-ctrl", "none", "--relay", relay])
     try:
         sw.stop()
         with connect(sniff.listen) as s:
@@ -203,3 +205,26 @@ def test_password_session_unseal_marked_plaintext(tmp_path):
     assert "[PLAINTEXT]" in unseal_rsp and "s3cret-key" in unseal_rsp
     create = text[text.index(">>> Command: Create ") :].split("<<<")[0]
     assert "TPM2B_SENSITIVE_CREATE" in create and "[PLAINTEXT]" in create
+
+
+@pytest.mark.parametrize("relay", ["python", "native"])
+def test_flood_loses_no_frame_and_swtpm_closing_is_passed_on(tmp_path, relay):
+    """Thousands of commands, as fast as the client can, pipelined four deep: every one
+    is answered, and the capture holds every command and response byte for byte as
+    swtpm logged them (backpressure slows the client; nothing is dropped)."""
+    sw = start_swtpm(tmp_path, "unix", log_opts="level=2")
+    sniff = start_sniff(tmp_path, sw.data, extra=["--console", "hexdump", "--relay", relay])
+    n = 3000
+    try:
+        with connect(sniff.listen) as s:
+            for _ in range(n // 4):
+                s.sendall(GETRANDOM * 4)  # four at once: relayed one at a time
+                for _ in range(4):
+                    assert read_response(s)[6:10] == b"\0\0\0\0"
+    finally:
+        assert sniff.stop() == 0
+        sw.stop()
+    logs = parse_file(str(sw.log))
+    logged = [(m.kind == "tpm-cmd", m.data) for m in logs if m.kind in ("tpm-cmd", "tpm-rsp")]
+    assert messages(str(sniff.pcap)) == logged
+    assert len(logged) == 2 * n

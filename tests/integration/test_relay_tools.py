@@ -41,13 +41,19 @@ def tshark_fields(
     return [line.split("\t") for line in p.stdout.splitlines()]
 
 
-@pytest.fixture(scope="module", params=["tcp", "unix"])
+@pytest.fixture(
+    scope="module",
+    params=[("tcp", "python"), ("unix", "python"), ("tcp", "native"), ("unix", "native")],
+    ids=lambda p: "-".join(p),
+)
 def run(request, tmp_path_factory):
-    """One workload through tpmsniff and one direct, on two fresh swtpms."""
-    tmp = tmp_path_factory.mktemp(f"relay-{request.param}")
-    direct_tpm = start_swtpm(tmp, request.param, "direct")
-    sniffed_tpm = start_swtpm(tmp, request.param, "sniffed")
-    sniff = start_sniff(tmp, sniffed_tpm.data, extra=["--console", "hexdump"])
+    """One workload through tpmsniff and one direct, on two fresh swtpms, for each
+    transport and each relay path (--relay python|native)."""
+    kind, relay = request.param
+    tmp = tmp_path_factory.mktemp(f"relay-{kind}-{relay}")
+    direct_tpm = start_swtpm(tmp, kind, "direct")
+    sniffed_tpm = start_swtpm(tmp, kind, "sniffed")
+    sniff = start_sniff(tmp, sniffed_tpm.data, extra=["--console", "hexdump", "--relay", relay])
     try:
         direct = tpm2tools_workload(direct_tpm.tcti, tmp / "w-direct")
         through = tpm2tools_workload(sniff.tcti, tmp / "w-sniff")

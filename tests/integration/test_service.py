@@ -82,6 +82,8 @@ def test_sighup_reopen_loses_and_duplicates_nothing(tmp_path):
     sniff = start_sniff(tmp_path, sw.data, extra=["--console", "none"])
     try:
         run_tool(["tpm2_getrandom", "8"], sniff.tcti, tmp_path)
+        # the worker opens the capture once it has imported the decoder (after READY=1)
+        wait_for(lambda: sniff.pcap.stat().st_size > 0, 10, "capture header")
         rotated = sniff.pcap.with_suffix(".1.pcapng")
         sniff.pcap.rename(rotated)  # logrotate, `create` style
         sniff.proc.send_signal(signal.SIGHUP)

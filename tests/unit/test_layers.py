@@ -14,13 +14,24 @@ PKG = Path(__file__).resolve().parents[2] / "tpmsniff"
 ALLOWED = {
     "model": set(),
     "safefile": set(),
+    "_native": set(),  # the C relay and its cffi build: bottom layer, like safefile
     "codec": {"model"},
-    "transport": {"model", "codec"},
+    "transport": {"model", "codec", "_native"},
     "inputs": {"model", "codec", "safefile"},
     "check": {"model", "codec", "safefile"},
     "sinks": {"model", "codec", "check", "safefile"},
     "pipeline": {"model", "codec", "sinks", "check", "safefile"},
-    "cli": {"model", "codec", "transport", "inputs", "check", "sinks", "pipeline", "safefile"},
+    "cli": {
+        "model",
+        "codec",
+        "transport",
+        "inputs",
+        "check",
+        "sinks",
+        "pipeline",
+        "safefile",
+        "_native",
+    },
     "testing": {"model", "codec", "transport", "inputs", "check", "sinks", "pipeline", "cli"},
 }
 

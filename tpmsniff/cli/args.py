@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..check.checker import Checker
-from ..check.requirements import Requirement
-from ..check.secrets import Secret
-from ..check.sensitive import SensitivePolicy
-from ..codec.sessions import parse_auth
+if TYPE_CHECKING:  # imported when used: the relay process does not need the checker
+    from ..check.checker import Checker
 
 
 def add_auth_arg(p: argparse.ArgumentParser) -> None:
@@ -71,6 +69,12 @@ def add_secret_args(p: argparse.ArgumentParser) -> None:
 
 def build_checker(args: argparse.Namespace) -> tuple[Checker, dict[int, bytes]]:
     """Raises ValueError with a one-line message on bad arguments."""
+    from ..check.checker import Checker
+    from ..check.requirements import Requirement
+    from ..check.secrets import Secret
+    from ..check.sensitive import SensitivePolicy
+    from ..codec.sessions import parse_auth
+
     values = [s.encode() for s in args.secret]
     for i, h in enumerate(args.secret_hex, 1):
         try:

@@ -15,31 +15,39 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import structlog
 
 from .. import __version__
-from ..codec.annotate import Annotator
 from ..codec.channels import CtrlChannel, DataChannel
 from ..codec.framing import DEFAULT_MAX_MESSAGE
 from ..model import FrameConsumer
 from ..model.exits import EXIT_OK, EXIT_STARTUP, EXIT_USAGE
-from ..pipeline import FramePipeline, InProcessPipeline, WorkerPipeline
-from ..pipeline.worker import WorkerStartError, start_error_text
+from ..pipeline.interface import FramePipeline
+from ..pipeline.worker import (
+    WorkerPipeline,
+    WorkerStartError,
+    announce_started,
+    start_error_text,
+)
 from ..safefile import STDOUT, describe, is_stream, open_private
-from ..sinks.check import CheckSink
-from ..sinks.console import ConsoleSink
-from ..sinks.jsonl import JsonlSink
-from ..sinks.pcapng import PcapngSink, parse_rotate
 from ..transport.addresses import Address, AddressError, parse_address
 from ..transport.conn import ConnCounter
 from ..transport.endpoints import check_unix_upstream, check_upstream
 from ..transport.errors import StartupError
+from ..transport.native import NativeRelay, Ordered
 from ..transport.notify import notify
 from ..transport.relay import DEFAULT_MAX_CONNECTIONS, Relay
 from .args import add_secret_args, build_checker, checker_wanted
 from .logs import configure
+
+if TYPE_CHECKING:
+    from ..pipeline.inprocess import InProcessPipeline
+
+# The relay process imports only what relaying needs (start-up is exec -> accepting):
+# decoding (tpm2-pytss), the sinks (dpkt) and the checker are imported by the capture
+# worker after it forks, or here only when an option needs them.
 
 log = structlog.get_logger("tpmsniff")
 
@@ -179,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(QEMU -tpmdev emulator control channel; --upstream is swtpm's --ctrl socket) or "
         "swtpm (TPM data channel; --upstream is swtpm's --server socket)",
     )
+    p.add_argument(
+        "--relay",
+        choices=("auto", "native", "python"),
+        default="python",
+        help="TPM data-channel hot path: python (asyncio, default), native (a small C epoll "
+        "thread built by `make venv`: less latency than socat; docs/performance.md), or auto "
+        "(native when it is built, else python). Control channels and QEMU's are relayed in "
+        "Python either way",
+    )
     add_secret_args(p)
     p.add_argument(
         "--in-process",
@@ -241,6 +258,8 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise StartupError("--pcap-rotate needs --pcap")
         if is_stream(args.pcap):
             raise StartupError("--pcap-rotate needs a file, not a pipe or standard output")
+        from ..sinks.pcapng import parse_rotate
+
         try:
             parse_rotate(args.pcap_rotate)
         except ValueError as exc:
@@ -260,6 +279,11 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 
 def make_sinks(args: argparse.Namespace) -> list[FrameConsumer]:
+    from ..sinks.check import CheckSink
+    from ..sinks.console import ConsoleSink
+    from ..sinks.jsonl import JsonlSink
+    from ..sinks.pcapng import PcapngSink, parse_rotate
+
     sinks: list[FrameConsumer] = []
     console = None
     if args.console != "none":
@@ -281,20 +305,34 @@ def make_sinks(args: argparse.Namespace) -> list[FrameConsumer]:
 def make_pipeline(args: argparse.Namespace, extra: Sequence[FrameConsumer] = ()) -> FramePipeline:
     """Decoding and sinks run in a worker process unless --in-process is given. `extra`
     sinks (the pytest plugin's collector) need --in-process to be of use."""
-    try:
-        _, auth = build_checker(args)  # validate --secret*/--auth before forking
-    except ValueError as exc:
-        raise StartupError(str(exc)) from None
+    auth: dict[int, bytes] = {}
+    if checker_wanted(args) or args.auth:  # the checker imports the decoder: only if asked
+        try:
+            _, auth = build_checker(args)  # validate --secret*/--auth before forking
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
     try:
         if args.in_process:
-            return InProcessPipeline([*make_sinks(args), *extra], Annotator(auth))
-        return WorkerPipeline(
-            lambda: InProcessPipeline([*make_sinks(args), *extra], Annotator(auth), deferred=False)
-        )
+            return _in_process(args, extra, auth)
+        return WorkerPipeline(lambda: _in_process(args, extra, auth, deferred=False))
     except OSError as exc:  # an output that cannot be opened or whose header fails
         raise StartupError(start_error_text(exc)) from None
-    except WorkerStartError as exc:
-        raise StartupError(str(exc)) from None
+
+
+def _in_process(
+    args: argparse.Namespace,
+    extra: Sequence[FrameConsumer],
+    auth: dict[int, bytes],
+    **kw: bool,
+) -> InProcessPipeline:
+    if args.pcap and is_stream(args.pcap):
+        announce_started()  # opening a named pipe waits for its reader: READY=1 first
+    sinks = [*make_sinks(args), *extra]  # first: the capture files exist with a header
+    announce_started()  # (in the worker) the daemon may say READY=1 now
+    from ..codec.annotate import Annotator  # then the decoder (tpm2-pytss: the slow import)
+    from ..pipeline.inprocess import InProcessPipeline
+
+    return InProcessPipeline(sinks, Annotator(auth), **kw)
 
 
 def reopen(pipeline: FramePipeline) -> None:
@@ -316,6 +354,37 @@ async def serve(
     await check_upstream(upstream)
     companion = await _companion(args, listen, upstream)
     counter = ConnCounter()
+    native = None
+    if args.relay != "python":
+        try:
+            native = NativeRelay(pipeline, args.max_message)
+        except StartupError as exc:
+            if args.relay == "native":
+                raise
+            log.warning("relaying in Python: native relay unavailable", reason=str(exc))
+    if native is not None:  # Python's records take the native relay's made before them
+        pipeline = cast(FramePipeline, Ordered(pipeline, native))
+    try:
+        return await _serve(
+            args, pipeline, stop, ready, listen, upstream, owner, companion, counter, native
+        )
+    finally:
+        if native is not None:
+            native.close()  # every record it made reaches the pipeline before close()
+
+
+async def _serve(
+    args: argparse.Namespace,
+    pipeline: FramePipeline,
+    stop: asyncio.Event | None,
+    ready: Callable[[list[Relay]], None] | None,
+    listen: Address,
+    upstream: Address,
+    owner: tuple[int, int] | None,
+    companion: tuple[Address, Address] | None,
+    counter: ConnCounter,
+    native: NativeRelay | None,
+) -> int:
     relays = [
         Relay(
             listen,
@@ -327,6 +396,7 @@ async def serve(
             listen_mode=args.listen_mode,
             listen_owner=owner,
             max_connections=args.max_connections,
+            native=native,
         )
     ]
     if companion:
@@ -350,6 +420,26 @@ async def serve(
         for r in relays:
             r.stop_accepting()
         raise
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: reopen(pipeline))
+    # relaying already; READY=1 once the capture files are open (or a stop request)
+    starting = asyncio.ensure_future(pipeline.started())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if starting.done() and starting.exception() is not None:
+        exc = starting.exception()
+        for r in relays:
+            r.stop_accepting()
+            r.close_all()
+        if isinstance(exc, WorkerStartError):  # an output could not be opened: exit 3
+            raise StartupError(str(exc))
+        raise cast(BaseException, exc)
+    starting.cancel()
     log.info(
         "ready",
         listen=str(listen),
@@ -361,12 +451,6 @@ async def serve(
     notify("READY=1")
     if ready is not None:
         ready(relays)
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: reopen(pipeline))
     await stop.wait()
     notify("STOPPING=1")
     log.info("stopping", busy=any(r.busy for r in relays))

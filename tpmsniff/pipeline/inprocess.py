@@ -20,7 +20,7 @@ import structlog
 from ..codec.annotate import Annotator
 from ..model import ConnInfo, Event, Frame, FrameConsumer
 from ..model.exits import EXIT_CAPTURE_LOST, combine
-from .records import Closed, Control, Opened, Record, Relayed
+from .records import Closed, Control, Opened, Record, Relayed, decode_stream
 
 log = structlog.get_logger("tpmsniff.pipeline")
 
@@ -60,6 +60,14 @@ class InProcessPipeline:
 
     def conn_close(self, conn: int, ts: float) -> None:
         self.push(Closed(conn, ts))
+
+    async def started(self) -> None:
+        """Outputs are open as soon as this object exists."""
+
+    def encoded(self, data: bytes, frames: int) -> None:
+        """Records already encoded with their length prefixes (the native relay's)."""
+        for rec in decode_stream(data):
+            self.push(rec)
 
     def push(self, rec: Record) -> None:
         self._todo.append(rec)

@@ -20,6 +20,15 @@ class FramePipeline(EventSink, Protocol):
         """Messages handed over so far (annotated, or shipped to the worker)."""
         ...
 
+    async def started(self) -> None:
+        """Return once the outputs are open (a worker opens them after it forks)."""
+        ...
+
+    def encoded(self, data: bytes, frames: int) -> None:
+        """Whole records already encoded (records.py, each with its u32 length prefix),
+        holding `frames` messages: the native relay's batches."""
+        ...
+
     def control(self, what: str) -> None:
         """Out-of-band request to every sink, e.g. "reopen" on SIGHUP."""
         ...

@@ -10,6 +10,7 @@ any length, any locality (tests/unit/test_records.py).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..model import Channel, ConnInfo, Direction, Event, Framing, Message
@@ -120,3 +121,13 @@ def decode(buf: bytes | memoryview) -> Record:
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"bad {tag!r} record: {exc}") from None
     raise ValueError(f"unknown record tag {tag!r}")
+
+
+def decode_stream(data: bytes) -> Iterator[Record]:
+    """Records from whole length-prefixed (u32 little-endian) encodings, back to back."""
+    view = memoryview(data)
+    off = 0
+    while off < len(data):
+        size = int.from_bytes(view[off : off + 4], "little")
+        yield decode(view[off + 4 : off + 4 + size])
+        off += 4 + size

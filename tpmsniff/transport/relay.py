@@ -26,6 +26,7 @@ from .endpoints import prepare_unix_path
 from .errors import StartupError
 from .fdpass import recv_with_fds
 from .limits import RateLimited
+from .native import NativeRelay
 from .qemu import QemuCtrlSession
 
 log = structlog.get_logger("tpmsniff.relay")
@@ -69,6 +70,7 @@ class Relay:
         listen_mode: int | None = None,
         listen_owner: tuple[int, int] | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        native: NativeRelay | None = None,
     ) -> None:
         self.listen = listen
         self.upstream = upstream
@@ -78,6 +80,7 @@ class Relay:
         self.role = role
         self.listen_mode = listen_mode
         self.listen_owner = listen_owner
+        self.native = native  # relays TPM data connections in C (--relay native)
         self.clients: set[ClientConn] = set()
         self.sessions: set[QemuCtrlSession] = set()
         self.server: asyncio.Server | None = None
@@ -102,13 +105,14 @@ class Relay:
 
     @property
     def busy(self) -> bool:
-        return bool(self.clients or self.sessions)
+        return bool(self.clients or self.sessions or (self.native and self.native.active))
 
     @property
     def active(self) -> int:
         """Connections held: relayed clients, and those being detected or run as QEMU
         control sessions."""
-        return len(self.clients) + len(self._held)
+        native = self.native.active if self.native is not None else 0
+        return len(self.clients) + len(self._held) + native
 
     async def connect_upstream(
         self, factory: Callable[[], asyncio.Protocol]
@@ -194,6 +198,9 @@ class Relay:
 
     async def _relay(self, sock: socket.socket) -> None:
         """A connection of a fixed role (data or ctrl): relayed from its first byte."""
+        if self.role == "data" and self.native is not None:
+            await self._native(sock, b"")
+            return
         machine = channel_for("ctrl") if self.role == "ctrl" else self.machine()
         self._held.discard(sock)  # the ClientConn counts from connection_made on
         try:
@@ -236,11 +243,25 @@ class Relay:
             return
         for fd in fds:
             os.close(fd)
+        if role == "data" and self.native is not None:
+            await self._native(sock, data)
+            return
         machine: ChannelMachine = channel_for("ctrl") if role == "ctrl" else self.machine()
         self._held.discard(sock)
         loop = asyncio.get_running_loop()
         _, proto = await loop.connect_accepted_socket(lambda: ClientConn(self, machine), sock)
         proto.data_received(data)  # buffered until the upstream is connected
+
+    async def _native(self, sock: socket.socket, data: bytes) -> None:
+        """A TPM data connection for the C relay (it counts in `native.active` from then)."""
+        assert self.native is not None
+        peer = sock.getpeername()
+        text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{self.listen.path}"
+        conn = self.counter.next()
+        try:
+            await self.native.hand_over(sock, data, conn, text, self.upstream)
+        finally:
+            self._held.discard(sock)
 
     def stop_accepting(self) -> None:
         if self.server is not None:
@@ -256,6 +277,8 @@ class Relay:
 
     def close_all(self) -> None:
         """Shutdown: drop every connection now, whatever is still buffered."""
+        if self.native is not None:
+            self.native.close_all()
         for c in list(self.clients):
             c.abort()
         for s in list(self.sessions):

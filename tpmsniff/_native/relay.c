@@ -1,0 +1,827 @@
+/* tpmsniff native data-channel relay: one epoll thread owns the read/write hot path of
+ * TPM data-channel pairs (client <-> swtpm) and the 10-byte header framing; it hands
+ * records to Python through a pipe, in batches, already encoded in the worker's record
+ * format (tpmsniff/pipeline/records.py). Python keeps accepting, role detection, the
+ * control channels (QEMU's fd passing), and everything after the relay.
+ *
+ * The relay rules (docs wire-protocols section 0) mirror tpmsniff/codec/channels.py
+ * DataChannel exactly: each whole request goes upstream in one write, one framed request
+ * outstanding at a time (the next is not even read from the client until the response is
+ * complete: the kernel's socket buffer is the queue), each upstream read is forwarded to
+ * the client at once and unsplit, EOF is passed on, and nothing is dropped: while the
+ * record buffer is above its high-water mark (or Python says the worker is congested)
+ * clients are not read.
+ *
+ * Framing decisions are the pure functions tn_next_request / tn_next_response, which the
+ * unit tests fuzz against the Python framers (tests/unit/test_native_framing.py). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "relay.h"
+
+#define HEADER 10
+#define MSSIM_SEND_COMMAND 8
+#define MSSIM_PREFIX 9
+#define MSSIM_RSP_PREFIX 4
+#define READ_CHUNK 65536
+#define FLUSH_NS 20000000LL         /* records reach Python within 20 ms ... */
+#define FLUSH_BYTES (256u << 10)    /* ... or at once when a batch is this big */
+#define OUT_HIGH (1u << 20)         /* above this, clients are not read */
+
+static uint32_t be32(const uint8_t *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static int valid_tag(unsigned tag) {
+    return tag == 0x8001 || tag == 0x8002 || (tag >= 0x00C1 && tag <= 0x00C6);
+}
+
+size_t tn_next_request(const uint8_t *b, size_t len, size_t max, int *kind, int *locality,
+                       char *note, size_t notecap) {
+    *locality = -1;
+    note[0] = 0;
+    if (len < 2)
+        return 0;
+    unsigned tag = ((unsigned)b[0] << 8) | b[1];
+    if (valid_tag(tag)) {
+        if (len < 6)
+            return 0;
+        uint32_t size = be32(b + 2);
+        if (size < HEADER || size > max) {
+            snprintf(note, notecap, "TPM size field %u out of range", size);
+            *kind = TN_UNFRAMED;
+            return len;
+        }
+        if (len < size)
+            return 0;
+        *kind = TN_RAW;
+        return size;
+    }
+    if (tag == 0 && len >= 4) {
+        if (be32(b) != MSSIM_SEND_COMMAND) {
+            snprintf(note, notecap, "not a TPM message");
+            *kind = TN_UNFRAMED;
+            return len;
+        }
+        if (len < MSSIM_PREFIX)
+            return 0;
+        uint32_t size = be32(b + 5);
+        if (size < HEADER || size > max) {
+            snprintf(note, notecap, "MS-sim length %u out of range", size);
+            *kind = TN_UNFRAMED;
+            return len;
+        }
+        if (len < MSSIM_PREFIX + (size_t)size)
+            return 0;
+        *kind = TN_MSSIM;
+        *locality = b[4];
+        return MSSIM_PREFIX + (size_t)size;
+    }
+    if (tag == 0)
+        return 0;
+    snprintf(note, notecap, "not a TPM message");
+    *kind = TN_UNFRAMED;
+    return len;
+}
+
+size_t tn_next_response(const uint8_t *b, size_t len, size_t max, int expect, int *kind,
+                        char *note, size_t notecap) {
+    note[0] = 0;
+    int mssim = expect == TN_MSSIM;
+    size_t off = mssim ? MSSIM_RSP_PREFIX : 0;
+    if (len < off + 6)
+        return 0;
+    uint32_t size = be32(b + off + 2);
+    if (mssim && be32(b) != size) {
+        snprintf(note, notecap, "MS-sim length does not match TPM size");
+        *kind = TN_UNFRAMED;
+        return len;
+    }
+    if (size < HEADER || size > max) {
+        snprintf(note, notecap, "TPM size field %u out of range", size);
+        *kind = TN_UNFRAMED;
+        return len;
+    }
+    size_t total = (size_t)size + (mssim ? 2 * MSSIM_RSP_PREFIX : 0);
+    if (len < total)
+        return 0;
+    *kind = mssim ? TN_MSSIM : TN_RAW;
+    return total;
+}
+
+/* -- the relay ------------------------------------------------------------------- */
+
+struct buf {
+    uint8_t *p;
+    size_t len, cap;
+};
+
+static int buf_reserve(struct buf *b, size_t extra) {
+    if (b->len + extra <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra)
+        cap *= 2;
+    uint8_t *p = realloc(b->p, cap);
+    if (!p)
+        return -1;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void buf_consume(struct buf *b, size_t n) {
+    memmove(b->p, b->p + n, b->len - n);
+    b->len -= n;
+}
+
+struct pair;
+struct side {
+    struct pair *pair;
+    int up; /* 0 client, 1 upstream */
+};
+
+struct pair {
+    int cfd, ufd;
+    uint64_t conn;
+    size_t max;
+    struct buf rq;  /* client bytes not yet framed (at most max + MSSIM_PREFIX + a read) */
+    struct buf rs;  /* copy of the response stream, not yet framed */
+    struct buf cw;  /* response bytes the client has not accepted yet */
+    struct buf uw;  /* request bytes swtpm has not accepted yet */
+    int expect;     /* framing of the outstanding request, or TN_NONE */
+    int waiting;    /* a framed request is outstanding */
+    int done;       /* closed: freed at the end of the loop iteration */
+    uint32_t cmask, umask;
+    struct side cs, us;
+    struct pair *next;
+};
+
+struct tn_relay {
+    int epfd, evfd, outfd;
+    pthread_t thread;
+    int started;
+    pthread_mutex_t mu;
+    struct pair *pending; /* added by Python, not yet registered (under mu) */
+    struct pair *active;  /* owned by the thread */
+    int stop, close_all, paused, out_blocked; /* stop/close_all/paused under mu */
+    pthread_mutex_t omu;  /* the record buffer and the pipe: Python takes both under it */
+    int cur_paused;
+    int nactive; /* atomic */
+    struct buf out;       /* records not yet in a batch */
+    uint32_t out_frames;  /* event records in `out` */
+    struct buf wr;        /* the batch being written to Python: u32 len, u32 frames, records */
+    size_t wr_off;
+    struct timespec first;
+    uint8_t ch_tpm, dir_cmd, dir_rsp, fr[4];
+    struct side evside, outside;
+};
+
+static int64_t ns_since(const struct timespec *t) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (int64_t)(now.tv_sec - t->tv_sec) * 1000000000LL + (now.tv_nsec - t->tv_nsec);
+}
+
+static void put_le(uint8_t *p, uint64_t v, int n) {
+    for (int i = 0; i < n; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static double now_real(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void out_mark(struct tn_relay *r) {
+    if (r->out.len == 0)
+        clock_gettime(CLOCK_MONOTONIC, &r->first);
+}
+
+/* one record: u32 length | 'E' conn ts ch dir framing prefix locality ctrl_cmd number
+ * rawlen notelen | note | raw  (struct "<cQdBBBIhqqII", records.py _EVENT) */
+#define EVENT_HEAD 50
+static void emit_event(struct tn_relay *r, struct pair *p, int dir, int kind, uint32_t prefix,
+                       int locality, const char *note, const uint8_t *raw, size_t rawlen) {
+    size_t notelen = strlen(note);
+    size_t body = EVENT_HEAD + notelen + rawlen;
+    pthread_mutex_lock(&r->omu);
+    if (buf_reserve(&r->out, 4 + body) < 0) {
+        pthread_mutex_unlock(&r->omu);
+        return; /* out of memory: the relay goes on, this record is lost */
+    }
+    out_mark(r);
+    uint8_t *q = r->out.p + r->out.len;
+    double ts = now_real();
+    uint64_t tsbits;
+    memcpy(&tsbits, &ts, 8);
+    put_le(q, body, 4);
+    q[4] = 'E';
+    put_le(q + 5, p->conn, 8);
+    put_le(q + 13, tsbits, 8);
+    q[21] = r->ch_tpm;
+    q[22] = dir ? r->dir_rsp : r->dir_cmd;
+    q[23] = r->fr[kind];
+    put_le(q + 24, prefix, 4);
+    put_le(q + 28, (uint64_t)(int64_t)locality, 2);
+    put_le(q + 30, (uint64_t)(int64_t)-1, 8);
+    put_le(q + 38, (uint64_t)(int64_t)-1, 8);
+    put_le(q + 46, rawlen, 4);
+    put_le(q + 50, notelen, 4);
+    memcpy(q + 4 + EVENT_HEAD, note, notelen);
+    memcpy(q + 4 + EVENT_HEAD + notelen, raw, rawlen);
+    r->out.len += 4 + body;
+    r->out_frames++;
+    pthread_mutex_unlock(&r->omu);
+}
+
+static void emit_close(struct tn_relay *r, struct pair *p) {
+    pthread_mutex_lock(&r->omu);
+    if (buf_reserve(&r->out, 4 + 17) < 0) {
+        pthread_mutex_unlock(&r->omu);
+        return;
+    }
+    out_mark(r);
+    uint8_t *q = r->out.p + r->out.len;
+    double ts = now_real();
+    uint64_t tsbits;
+    memcpy(&tsbits, &ts, 8);
+    put_le(q, 17, 4);
+    q[4] = 'C';
+    put_le(q + 5, p->conn, 8);
+    put_le(q + 13, tsbits, 8);
+    r->out.len += 21;
+    pthread_mutex_unlock(&r->omu);
+}
+
+static void flush_out_locked(struct tn_relay *r);
+static void flush_out(struct tn_relay *r) {
+    pthread_mutex_lock(&r->omu);
+    flush_out_locked(r);
+    pthread_mutex_unlock(&r->omu);
+}
+
+/* Records go to Python in batches, each `u32 length | u32 event count | records`, so
+ * that Python handles a batch, not a record, at a time. */
+static void flush_out_locked(struct tn_relay *r) {
+    for (;;) {
+        if (r->wr_off == r->wr.len) { /* nothing in flight: the next batch */
+            r->wr.len = r->wr_off = 0;
+            if (r->out.len == 0)
+                break;
+            if (buf_reserve(&r->wr, 8 + r->out.len) < 0)
+                return; /* out of memory: try again later */
+            put_le(r->wr.p, r->out.len, 4);
+            put_le(r->wr.p + 4, r->out_frames, 4);
+            memcpy(r->wr.p + 8, r->out.p, r->out.len);
+            r->wr.len = 8 + r->out.len;
+            r->out.len = 0;
+            r->out_frames = 0;
+        }
+        if (r->outfd < 0)
+            return;
+        ssize_t n = write(r->outfd, r->wr.p + r->wr_off, r->wr.len - r->wr_off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN) {
+                if (!r->out_blocked) {
+                    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = &r->outside};
+                    epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->outfd, &ev);
+                    r->out_blocked = 1;
+                }
+                return;
+            }
+            /* Python is gone: the relay goes on without capture */
+            r->wr.len = r->wr_off = r->out.len = 0;
+            r->out_frames = 0;
+            return;
+        }
+        r->wr_off += (size_t)n;
+    }
+    if (r->out.cap > FLUSH_BYTES) { /* give back what a burst took */
+        free(r->out.p);
+        r->out.p = NULL;
+        r->out.cap = 0;
+    }
+    if (r->wr.cap > FLUSH_BYTES) {
+        free(r->wr.p);
+        r->wr.p = NULL;
+        r->wr.cap = 0;
+    }
+    if (r->out_blocked) {
+        epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->outfd, NULL);
+        r->out_blocked = 0;
+    }
+}
+
+/* the thread reads the record buffer's length without the lock (Python may shrink it) */
+static size_t out_len(struct tn_relay *r) {
+    return __atomic_load_n(&r->out.len, __ATOMIC_RELAXED) +
+           (__atomic_load_n(&r->wr.len, __ATOMIC_RELAXED) -
+            __atomic_load_n(&r->wr_off, __ATOMIC_RELAXED));
+}
+
+static int client_readable(struct tn_relay *r, struct pair *p) {
+    return !p->waiting && p->uw.len == 0 && !r->cur_paused && out_len(r) < OUT_HIGH &&
+           p->rq.len < p->rq.cap;
+}
+
+static void set_mask(struct tn_relay *r, struct pair *p) {
+    if (p->done)
+        return;
+    uint32_t c = EPOLLRDHUP | (client_readable(r, p) ? EPOLLIN : 0) | (p->cw.len ? EPOLLOUT : 0);
+    uint32_t u = (p->cw.len ? 0 : EPOLLIN) | (p->uw.len ? EPOLLOUT : 0);
+    if (c != p->cmask) {
+        struct epoll_event ev = {.events = c, .data.ptr = &p->cs};
+        epoll_ctl(r->epfd, EPOLL_CTL_MOD, p->cfd, &ev);
+        p->cmask = c;
+    }
+    if (u != p->umask) {
+        struct epoll_event ev = {.events = u, .data.ptr = &p->us};
+        epoll_ctl(r->epfd, EPOLL_CTL_MOD, p->ufd, &ev);
+        p->umask = u;
+    }
+}
+
+/* write to swtpm: in one write whenever the socket takes it (it always does for a
+ * message of at most --max-message bytes on a drained socket) */
+static int up_write(struct pair *p, const uint8_t *data, size_t len) {
+    if (p->uw.len == 0) {
+        ssize_t n;
+        do
+            n = send(p->ufd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && errno != EAGAIN)
+            return -1;
+        if (n < 0)
+            n = 0;
+        data += n;
+        len -= (size_t)n;
+    }
+    if (len) {
+        if (buf_reserve(&p->uw, len) < 0)
+            return -1;
+        memcpy(p->uw.p + p->uw.len, data, len);
+        p->uw.len += len;
+    }
+    return 0;
+}
+
+static void finish(struct tn_relay *r, struct pair *p);
+
+static void send_request(struct tn_relay *r, struct pair *p, size_t n, int kind, int locality,
+                         const char *note, int track) {
+    if (up_write(p, p->rq.p, n) < 0) {
+        emit_event(r, p, 0, kind, kind == TN_MSSIM ? MSSIM_PREFIX : 0, locality, note, p->rq.p, n);
+        buf_consume(&p->rq, n);
+        finish(r, p);
+        return;
+    }
+    emit_event(r, p, 0, kind, kind == TN_MSSIM ? MSSIM_PREFIX : 0, locality, note, p->rq.p, n);
+    buf_consume(&p->rq, n);
+    if (track && kind != TN_UNFRAMED) {
+        p->expect = kind;
+        p->waiting = 1;
+    }
+}
+
+static void pump(struct tn_relay *r, struct pair *p) {
+    char note[64];
+    while (!p->done && !p->waiting && p->uw.len == 0 && p->rq.len > 0) {
+        int kind, loc;
+        size_t n = tn_next_request(p->rq.p, p->rq.len, p->max, &kind, &loc, note, sizeof note);
+        if (n == 0)
+            break;
+        send_request(r, p, n, kind, loc, note, 1);
+    }
+}
+
+static void responses(struct tn_relay *r, struct pair *p, const uint8_t *data, size_t len) {
+    char note[64];
+    int any = 0;
+    if (p->rs.len == 0 && p->expect != TN_MSSIM && len >= HEADER && be32(data + 2) == len &&
+        valid_tag(((unsigned)data[0] << 8) | data[1]) && len <= p->max) {
+        emit_event(r, p, 1, TN_RAW, 0, -1, "", data, len); /* the usual case */
+        p->expect = TN_NONE;
+        any = 1;
+    } else {
+        if (buf_reserve(&p->rs, len) < 0)
+            return;
+        memcpy(p->rs.p + p->rs.len, data, len);
+        p->rs.len += len;
+        while (p->rs.len > 0) {
+            int kind;
+            size_t n = tn_next_response(p->rs.p, p->rs.len, p->max, p->expect, &kind, note,
+                                        sizeof note);
+            if (n == 0)
+                break;
+            emit_event(r, p, 1, kind, kind == TN_MSSIM ? MSSIM_RSP_PREFIX : 0, -1, note,
+                       p->rs.p, n);
+            buf_consume(&p->rs, n);
+            p->expect = TN_NONE;
+            any = 1;
+        }
+    }
+    if (any && p->expect == TN_NONE)
+        p->waiting = 0;
+}
+
+static void free_pair(struct pair *p) {
+    free(p->rq.p);
+    free(p->rs.p);
+    free(p->cw.p);
+    free(p->uw.p);
+    free(p);
+}
+
+/* Close both sides: what swtpm sent and nobody framed yet is recorded, then the close. */
+static void finish(struct tn_relay *r, struct pair *p) {
+    if (p->done)
+        return;
+    if (p->rs.len) {
+        emit_event(r, p, 1, TN_UNFRAMED, 0, -1, "truncated at end of stream", p->rs.p,
+                   p->rs.len);
+        p->rs.len = 0;
+    }
+    emit_close(r, p);
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->cfd, NULL);
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->ufd, NULL);
+    if (p->cw.len) { /* the client gets the last response bytes, if it still reads */
+        (void)send(p->cfd, p->cw.p, p->cw.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    if (p->uw.len) {
+        (void)send(p->ufd, p->uw.p, p->uw.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    close(p->cfd);
+    close(p->ufd);
+    p->done = 1;
+    __atomic_sub_fetch(&r->nactive, 1, __ATOMIC_SEQ_CST);
+}
+
+/* The client is gone (EOF, reset): like DataChannel.client_eof, every request it sent
+ * is forwarded as is (whole ones, then the partial tail, unframed), then the upstream
+ * connection is closed. */
+static void client_gone(struct tn_relay *r, struct pair *p) {
+    char note[64];
+    for (;;) {
+        while (p->rq.len > 0 && !p->done) {
+            int kind, loc;
+            size_t n = tn_next_request(p->rq.p, p->rq.len, p->max, &kind, &loc, note, sizeof note);
+            if (n == 0)
+                break;
+            send_request(r, p, n, kind, loc, note, 0);
+        }
+        if (p->done || p->rq.len >= p->rq.cap)
+            break;
+        ssize_t n = read(p->cfd, p->rq.p + p->rq.len, p->rq.cap - p->rq.len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        p->rq.len += (size_t)n;
+    }
+    if (!p->done && p->rq.len) {
+        send_request(r, p, p->rq.len, TN_UNFRAMED, -1, "truncated at end of stream", 0);
+    }
+    finish(r, p);
+}
+
+static void on_client(struct tn_relay *r, struct pair *p, uint32_t ev) {
+    if ((ev & EPOLLOUT) && p->cw.len) {
+        ssize_t n = send(p->cfd, p->cw.p, p->cw.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            client_gone(r, p);
+            return;
+        }
+        if (n > 0)
+            buf_consume(&p->cw, (size_t)n);
+    }
+    if ((ev & EPOLLIN) && client_readable(r, p)) {
+        ssize_t n = read(p->cfd, p->rq.p + p->rq.len, p->rq.cap - p->rq.len);
+        if (n > 0) {
+            p->rq.len += (size_t)n;
+            pump(r, p);
+            if (p->done)
+                return;
+        } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            client_gone(r, p);
+            return;
+        }
+    }
+    if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        if (!(ev & EPOLLIN) || !client_readable(r, p)) {
+            client_gone(r, p);
+            return;
+        }
+    }
+}
+
+static void on_upstream(struct tn_relay *r, struct pair *p, uint32_t ev) {
+    if ((ev & EPOLLOUT) && p->uw.len) {
+        ssize_t n = send(p->ufd, p->uw.p, p->uw.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n < 0 && errno != EAGAIN && errno != EINTR) {
+            finish(r, p);
+            return;
+        }
+        if (n > 0)
+            buf_consume(&p->uw, (size_t)n);
+        if (p->uw.len == 0)
+            pump(r, p);
+    }
+    if ((ev & (EPOLLHUP | EPOLLERR)) && p->cw.len) {
+        finish(r, p); /* swtpm is gone and the client does not read: stop here */
+        return;
+    }
+    if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && p->cw.len == 0) {
+        static uint8_t chunk[READ_CHUNK];
+        ssize_t n = read(p->ufd, chunk, sizeof chunk);
+        if (n > 0) {
+            /* forward first, unsplit */
+            ssize_t w = send(p->cfd, chunk, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w < 0 && errno != EAGAIN && errno != EINTR) {
+                responses(r, p, chunk, (size_t)n);
+                client_gone(r, p);
+                return;
+            }
+            if (w < 0)
+                w = 0;
+            if (w < n) {
+                if (buf_reserve(&p->cw, (size_t)(n - w)) == 0) {
+                    memcpy(p->cw.p + p->cw.len, chunk + w, (size_t)(n - w));
+                    p->cw.len += (size_t)(n - w);
+                }
+            }
+            responses(r, p, chunk, (size_t)n);
+            pump(r, p);
+        } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+            finish(r, p); /* swtpm closed: so does the client */
+            return;
+        }
+    }
+}
+
+static void add_pending(struct tn_relay *r) {
+    pthread_mutex_lock(&r->mu);
+    struct pair *list = r->pending;
+    r->pending = NULL;
+    pthread_mutex_unlock(&r->mu);
+    while (list) {
+        struct pair *p = list;
+        list = p->next;
+        p->next = r->active;
+        r->active = p;
+        struct epoll_event ce = {.events = EPOLLRDHUP, .data.ptr = &p->cs};
+        struct epoll_event ue = {.events = EPOLLIN, .data.ptr = &p->us};
+        p->cmask = EPOLLRDHUP;
+        p->umask = EPOLLIN;
+        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, p->cfd, &ce) < 0 ||
+            epoll_ctl(r->epfd, EPOLL_CTL_ADD, p->ufd, &ue) < 0) {
+            finish(r, p);
+            continue;
+        }
+        pump(r, p); /* the bytes role detection read */
+    }
+}
+
+static void *run(void *arg) {
+    struct tn_relay *r = arg;
+    struct epoll_event evs[64];
+    for (;;) {
+        int timeout = -1; /* with records waiting: the end of the batch interval */
+        if (!r->out_blocked && __atomic_load_n(&r->out.len, __ATOMIC_RELAXED)) {
+            int64_t left = FLUSH_NS - ns_since(&r->first);
+            timeout = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+        }
+        int n = epoll_wait(r->epfd, evs, 64, timeout);
+        if (n < 0 && errno != EINTR)
+            break;
+        for (int i = 0; i < n; i++) {
+            struct side *s = evs[i].data.ptr;
+            if (s == &r->evside) {
+                uint64_t v;
+                if (read(r->evfd, &v, sizeof v) < 0 && errno != EAGAIN)
+                    continue;
+                continue;
+            }
+            if (s == &r->outside) {
+                flush_out(r);
+                continue;
+            }
+            if (s->pair->done)
+                continue;
+            if (s->up)
+                on_upstream(r, s->pair, evs[i].events);
+            else
+                on_client(r, s->pair, evs[i].events);
+        }
+        pthread_mutex_lock(&r->mu);
+        int stop = r->stop, close_all = r->close_all, paused = r->paused;
+        r->close_all = 0;
+        pthread_mutex_unlock(&r->mu);
+        add_pending(r);
+        size_t pending = __atomic_load_n(&r->out.len, __ATOMIC_RELAXED);
+        if (!r->out_blocked && (pending >= FLUSH_BYTES ||
+                                (pending && ns_since(&r->first) >= FLUSH_NS) || close_all || stop))
+            flush_out(r);
+        r->cur_paused = paused;
+        struct pair **pp = &r->active;
+        while (*pp) {
+            struct pair *p = *pp;
+            if (!p->done && (close_all || stop))
+                client_gone(r, p);
+            if (p->done) {
+                *pp = p->next;
+                free_pair(p);
+                continue;
+            }
+            set_mask(r, p); /* a no-op unless what the pair waits for changed */
+            pp = &p->next;
+        }
+        if (stop) {
+            flush_out(r);
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* -- API for Python (cffi releases the GIL around each call) ------------------------- */
+
+tn_relay *tn_new(int outfd, const uint8_t *codes) {
+    tn_relay *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->outfd = outfd;
+    r->ch_tpm = codes[0];
+    r->dir_cmd = codes[1];
+    r->dir_rsp = codes[2];
+    r->fr[TN_RAW] = codes[3];
+    r->fr[TN_MSSIM] = codes[4];
+    r->fr[TN_UNFRAMED] = codes[5];
+    r->evside.pair = NULL;
+    r->outside.pair = NULL;
+    r->epfd = r->evfd = -1;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_mutex_init(&r->omu, NULL);
+    r->epfd = epoll_create1(EPOLL_CLOEXEC);
+    r->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->epfd < 0 || r->evfd < 0) {
+        tn_free(r);
+        return NULL;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &r->evside};
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->evfd, &ev) < 0) {
+        tn_free(r);
+        return NULL;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* signals stay with Python's thread */
+    int rc = pthread_create(&r->thread, NULL, run, r);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        tn_free(r);
+        return NULL;
+    }
+    r->started = 1;
+    return r;
+}
+
+static void wake(tn_relay *r) {
+    uint64_t one = 1;
+    ssize_t n = write(r->evfd, &one, sizeof one);
+    (void)n;
+}
+
+int tn_add(tn_relay *r, int cfd, int ufd, uint64_t conn, size_t max_message,
+           const uint8_t *early, size_t early_len) {
+    struct pair *p = calloc(1, sizeof *p);
+    if (!p)
+        return -1;
+    p->cfd = cfd;
+    p->ufd = ufd;
+    p->conn = conn;
+    p->max = max_message;
+    p->cs.pair = p;
+    p->us.pair = p;
+    p->us.up = 1;
+    p->expect = TN_NONE;
+    size_t cap = max_message + MSSIM_PREFIX;
+    if (cap < READ_CHUNK)
+        cap = READ_CHUNK;
+    if (early_len > cap)
+        cap = early_len;
+    p->rq.p = malloc(cap);
+    if (!p->rq.p) {
+        free(p);
+        return -1;
+    }
+    p->rq.cap = cap;
+    memcpy(p->rq.p, early, early_len);
+    p->rq.len = early_len;
+    __atomic_add_fetch(&r->nactive, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&r->mu);
+    p->next = r->pending;
+    r->pending = p;
+    pthread_mutex_unlock(&r->mu);
+    wake(r);
+    return 0;
+}
+
+void tn_pause(tn_relay *r, int paused) {
+    pthread_mutex_lock(&r->mu);
+    r->paused = paused;
+    pthread_mutex_unlock(&r->mu);
+    wake(r);
+}
+
+int tn_active(tn_relay *r) {
+    return __atomic_load_n(&r->nactive, __ATOMIC_SEQ_CST);
+}
+
+void tn_close_all(tn_relay *r) {
+    pthread_mutex_lock(&r->mu);
+    r->close_all = 1;
+    pthread_mutex_unlock(&r->mu);
+    wake(r);
+}
+
+void tn_stop(tn_relay *r) {
+    if (!r->started)
+        return;
+    pthread_mutex_lock(&r->mu);
+    r->stop = 1;
+    pthread_mutex_unlock(&r->mu);
+    wake(r);
+    pthread_join(r->thread, NULL);
+    r->started = 0;
+    add_pending(r); /* pairs added after the thread's last look */
+    for (struct pair *p = r->active; p; p = p->next)
+        if (!p->done)
+            client_gone(r, p);
+}
+
+/* Under tn_lock_out: what the pipe has not had yet, in the pipe's format (the rest of
+ * the batch in flight, then the records not yet batched as one batch). */
+size_t tn_pending_out(tn_relay *r) {
+    return (r->wr.len - r->wr_off) + (r->out.len ? 8 + r->out.len : 0);
+}
+
+size_t tn_take_out(tn_relay *r, uint8_t *dst, size_t cap) {
+    size_t need = tn_pending_out(r), rest = r->wr.len - r->wr_off;
+    if (cap < need)
+        return 0;
+    memcpy(dst, r->wr.p + r->wr_off, rest);
+    r->wr.len = r->wr_off = 0;
+    if (r->out.len) {
+        put_le(dst + rest, r->out.len, 4);
+        put_le(dst + rest + 4, r->out_frames, 4);
+        memcpy(dst + rest + 8, r->out.p, r->out.len);
+        r->out.len = 0;
+        r->out_frames = 0;
+    }
+    return need;
+}
+
+/* Python takes every record made so far (the pipe's, then the buffer's) under this
+ * lock, before it writes a record of its own: the capture stays in relay order. */
+void tn_lock_out(tn_relay *r) {
+    pthread_mutex_lock(&r->omu);
+}
+
+void tn_unlock_out(tn_relay *r) {
+    pthread_mutex_unlock(&r->omu);
+}
+
+void tn_free(tn_relay *r) {
+    if (!r)
+        return;
+    tn_stop(r);
+    while (r->active) {
+        struct pair *p = r->active;
+        r->active = p->next;
+        free_pair(p);
+    }
+    if (r->epfd >= 0)
+        close(r->epfd);
+    if (r->evfd >= 0)
+        close(r->evfd);
+    free(r->out.p);
+    free(r->wr.p);
+    pthread_mutex_destroy(&r->mu);
+    pthread_mutex_destroy(&r->omu);
+    free(r);
+}
