@@ -163,6 +163,7 @@ struct pair {
     int expect;     /* framing of the outstanding request, or TN_NONE */
     int waiting;    /* a framed request is outstanding */
     int done;       /* closed: freed at the end of the loop iteration */
+    int eof;        /* the client is gone: its queued requests still go, one at a time */
     uint32_t cmask, umask;
     struct side cs, us;
     struct pair *next;
@@ -181,6 +182,7 @@ struct tn_relay {
     int nactive; /* atomic */
     struct buf out;       /* records not yet in a batch */
     uint32_t out_frames;  /* event records in `out` */
+    struct buf closed;    /* u64 ids of the connections closed in `out` (Python logs them) */
     struct buf wr;        /* the batch being written to Python: u32 len, u32 frames, records */
     size_t wr_off;
     struct timespec first;
@@ -263,6 +265,10 @@ static void emit_close(struct tn_relay *r, struct pair *p) {
     put_le(q + 5, p->conn, 8);
     put_le(q + 13, tsbits, 8);
     r->out.len += 21;
+    if (buf_reserve(&r->closed, 8) == 0) {
+        put_le(r->closed.p + r->closed.len, p->conn, 8);
+        r->closed.len += 8;
+    }
     pthread_mutex_unlock(&r->omu);
 }
 
@@ -273,22 +279,35 @@ static void flush_out(struct tn_relay *r) {
     pthread_mutex_unlock(&r->omu);
 }
 
-/* Records go to Python in batches, each `u32 length | u32 event count | records`, so
- * that Python handles a batch, not a record, at a time. */
+/* Records go to Python in batches, so that Python handles a batch, not a record, at a
+ * time: `u32 length | u32 events | u32 closes | u64 closed connection ids | records`
+ * (length counts the ids and the records). */
+static size_t batch_size(struct tn_relay *r) {
+    return r->out.len ? 12 + r->closed.len + r->out.len : 0;
+}
+
+static void batch_into(struct tn_relay *r, uint8_t *dst) {
+    put_le(dst, r->closed.len + r->out.len, 4);
+    put_le(dst + 4, r->out_frames, 4);
+    put_le(dst + 8, r->closed.len / 8, 4);
+    memcpy(dst + 12, r->closed.p, r->closed.len);
+    memcpy(dst + 12 + r->closed.len, r->out.p, r->out.len);
+    r->out.len = 0;
+    r->closed.len = 0;
+    r->out_frames = 0;
+}
+
 static void flush_out_locked(struct tn_relay *r) {
     for (;;) {
         if (r->wr_off == r->wr.len) { /* nothing in flight: the next batch */
             r->wr.len = r->wr_off = 0;
             if (r->out.len == 0)
                 break;
-            if (buf_reserve(&r->wr, 8 + r->out.len) < 0)
+            size_t n = batch_size(r);
+            if (buf_reserve(&r->wr, n) < 0)
                 return; /* out of memory: try again later */
-            put_le(r->wr.p, r->out.len, 4);
-            put_le(r->wr.p + 4, r->out_frames, 4);
-            memcpy(r->wr.p + 8, r->out.p, r->out.len);
-            r->wr.len = 8 + r->out.len;
-            r->out.len = 0;
-            r->out_frames = 0;
+            batch_into(r, r->wr.p);
+            r->wr.len = n;
         }
         if (r->outfd < 0)
             return;
@@ -305,7 +324,7 @@ static void flush_out_locked(struct tn_relay *r) {
                 return;
             }
             /* Python is gone: the relay goes on without capture */
-            r->wr.len = r->wr_off = r->out.len = 0;
+            r->wr.len = r->wr_off = r->out.len = r->closed.len = 0;
             r->out_frames = 0;
             return;
         }
@@ -344,7 +363,7 @@ static void set_mask(struct tn_relay *r, struct pair *p) {
         return;
     uint32_t c = EPOLLRDHUP | (client_readable(r, p) ? EPOLLIN : 0) | (p->cw.len ? EPOLLOUT : 0);
     uint32_t u = (p->cw.len ? 0 : EPOLLIN) | (p->uw.len ? EPOLLOUT : 0);
-    if (c != p->cmask) {
+    if (!p->eof && c != p->cmask) {
         struct epoll_event ev = {.events = c, .data.ptr = &p->cs};
         epoll_ctl(r->epfd, EPOLL_CTL_MOD, p->cfd, &ev);
         p->cmask = c;
@@ -406,6 +425,11 @@ static void pump(struct tn_relay *r, struct pair *p) {
         if (n == 0)
             break;
         send_request(r, p, n, kind, loc, note, 1);
+    }
+    if (p->eof && !p->done && !p->waiting && p->uw.len == 0) {
+        if (p->rq.len) /* a partial request: forwarded as is */
+            send_request(r, p, p->rq.len, TN_UNFRAMED, -1, "truncated at end of stream", 0);
+        finish(r, p);
     }
 }
 
@@ -475,28 +499,13 @@ static void finish(struct tn_relay *r, struct pair *p) {
  * is forwarded as is (whole ones, then the partial tail, unframed), then the upstream
  * connection is closed. */
 static void client_gone(struct tn_relay *r, struct pair *p) {
-    char note[64];
-    for (;;) {
-        while (p->rq.len > 0 && !p->done) {
-            int kind, loc;
-            size_t n = tn_next_request(p->rq.p, p->rq.len, p->max, &kind, &loc, note, sizeof note);
-            if (n == 0)
-                break;
-            send_request(r, p, n, kind, loc, note, 0);
-        }
-        if (p->done || p->rq.len >= p->rq.cap)
-            break;
-        ssize_t n = read(p->cfd, p->rq.p + p->rq.len, p->rq.cap - p->rq.len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        p->rq.len += (size_t)n;
-    }
-    if (!p->done && p->rq.len) {
-        send_request(r, p, p->rq.len, TN_UNFRAMED, -1, "truncated at end of stream", 0);
-    }
-    finish(r, p);
+    if (p->eof || p->done)
+        return;
+    p->eof = 1; /* what is still in the kernel went away with the client */
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->cfd, NULL);
+    p->cmask = 0;
+    p->cw.len = 0;
+    pump(r, p);
 }
 
 static void on_client(struct tn_relay *r, struct pair *p, uint32_t ev) {
@@ -548,6 +557,11 @@ static void on_upstream(struct tn_relay *r, struct pair *p, uint32_t ev) {
     if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && p->cw.len == 0) {
         static uint8_t chunk[READ_CHUNK];
         ssize_t n = read(p->ufd, chunk, sizeof chunk);
+        if (n > 0 && p->eof) { /* nobody to forward to: record it, send the next request */
+            responses(r, p, chunk, (size_t)n);
+            pump(r, p);
+            return;
+        }
         if (n > 0) {
             /* forward first, unsplit */
             ssize_t w = send(p->cfd, chunk, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -620,7 +634,7 @@ static void *run(void *arg) {
                 flush_out(r);
                 continue;
             }
-            if (s->pair->done)
+            if (s->pair->done || (!s->up && s->pair->eof))
                 continue;
             if (s->up)
                 on_upstream(r, s->pair, evs[i].events);
@@ -641,7 +655,7 @@ static void *run(void *arg) {
         while (*pp) {
             struct pair *p = *pp;
             if (!p->done && (close_all || stop))
-                client_gone(r, p);
+                finish(r, p); /* shutdown: drop every connection now */
             if (p->done) {
                 *pp = p->next;
                 free_pair(p);
@@ -719,9 +733,9 @@ int tn_add(tn_relay *r, int cfd, int ufd, uint64_t conn, size_t max_message,
     p->us.pair = p;
     p->us.up = 1;
     p->expect = TN_NONE;
+    /* one maximal request: what is read ahead of swtpm stays small (a client that sends
+     * and never reads leaves the rest in the kernel, and it goes away with it) */
     size_t cap = max_message + MSSIM_PREFIX;
-    if (cap < READ_CHUNK)
-        cap = READ_CHUNK;
     if (early_len > cap)
         cap = early_len;
     p->rq.p = malloc(cap);
@@ -771,13 +785,13 @@ void tn_stop(tn_relay *r) {
     add_pending(r); /* pairs added after the thread's last look */
     for (struct pair *p = r->active; p; p = p->next)
         if (!p->done)
-            client_gone(r, p);
+            finish(r, p);
 }
 
 /* Under tn_lock_out: what the pipe has not had yet, in the pipe's format (the rest of
  * the batch in flight, then the records not yet batched as one batch). */
 size_t tn_pending_out(tn_relay *r) {
-    return (r->wr.len - r->wr_off) + (r->out.len ? 8 + r->out.len : 0);
+    return (r->wr.len - r->wr_off) + batch_size(r);
 }
 
 size_t tn_take_out(tn_relay *r, uint8_t *dst, size_t cap) {
@@ -786,13 +800,8 @@ size_t tn_take_out(tn_relay *r, uint8_t *dst, size_t cap) {
         return 0;
     memcpy(dst, r->wr.p + r->wr_off, rest);
     r->wr.len = r->wr_off = 0;
-    if (r->out.len) {
-        put_le(dst + rest, r->out.len, 4);
-        put_le(dst + rest + 4, r->out_frames, 4);
-        memcpy(dst + rest + 8, r->out.p, r->out.len);
-        r->out.len = 0;
-        r->out_frames = 0;
-    }
+    if (r->out.len)
+        batch_into(r, dst + rest);
     return need;
 }
 
@@ -821,6 +830,7 @@ void tn_free(tn_relay *r) {
         close(r->evfd);
     free(r->out.p);
     free(r->wr.p);
+    free(r->closed.p);
     pthread_mutex_destroy(&r->mu);
     pthread_mutex_destroy(&r->omu);
     free(r);

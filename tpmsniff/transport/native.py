@@ -161,15 +161,20 @@ class NativeRelay:
 
     def _deliver(self) -> None:
         """Hand whole batches to the pipeline (a read may end inside one). A batch is
-        `u32 length | u32 messages | records`, all little-endian."""
+        `u32 length | u32 messages | u32 closes | u64 closed ids | records`, all
+        little-endian; length counts the ids and the records."""
         buf = self._buf
-        while len(buf) >= 8:
+        while len(buf) >= 12:
             size = int.from_bytes(buf[0:4], "little")
-            if len(buf) < 8 + size:
+            if len(buf) < 12 + size:
                 break
             frames = int.from_bytes(buf[4:8], "little")
-            self.pipeline.encoded(bytes(buf[8 : 8 + size]), frames)
-            del buf[: 8 + size]
+            closes = int.from_bytes(buf[8:12], "little")
+            for i in range(closes):
+                conn = int.from_bytes(buf[12 + 8 * i : 20 + 8 * i], "little")
+                log.info("connection closed", conn=conn)
+            self.pipeline.encoded(bytes(buf[12 + 8 * closes : 12 + size]), frames)
+            del buf[: 12 + size]
 
     def close_all(self) -> None:
         """Close every connection (requests already sent are forwarded first)."""
