@@ -359,9 +359,10 @@ def main() -> int:
                 acc, rdy = startup(s, sw_sock, d)
                 res[s]["start"].append(acc)
                 res[s]["ready"].append(rdy)
-        for s in list(relays):
-            relays[s].terminate()
-            relays[s].wait(60)
+        for p in relays.values():  # all at once: each worker first drains its queue
+            p.terminate()
+        for p in relays.values():
+            p.wait(60)
         procs = [sw]
 
         # 4. throughput: 4 clients, each with its own swtpm and its own relay
@@ -382,6 +383,7 @@ def main() -> int:
     finally:
         for p in reversed(procs):
             p.terminate()
+        for p in reversed(procs):
             try:
                 p.wait(60)  # the capture worker first drains what it has queued
             except subprocess.TimeoutExpired:
