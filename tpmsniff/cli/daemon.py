@@ -190,11 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--relay",
         choices=("auto", "native", "python"),
-        default="auto",
-        help="TPM data-channel hot path: native (a small C epoll thread built by `make venv`: "
-        "less latency than socat; docs/performance.md), python (asyncio), or auto (default): "
-        "native when it is built, else python with a warning. Control channels and QEMU's "
-        "are relayed in Python either way",
+        default="python",
+        help="TPM data-channel hot path: python (asyncio; default), native (a small C epoll "
+        "thread built by `make venv`: less latency than socat; opt-in while it is new, "
+        "docs/performance.md), or auto: native when it is built, else python with a "
+        "warning. Control channels and QEMU's are relayed in Python either way",
     )
     add_secret_args(p)
     p.add_argument(
