@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 
 
 class UnsafeFile(OSError):
@@ -25,6 +26,20 @@ def open_private(path: str, *, append: bool = False) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     if append:
         flags |= os.O_APPEND
+    fd = _open_own(path, flags, stat.S_ISREG, "a regular file")
+    try:
+        os.fchmod(fd, 0o600)
+        if not append:
+            os.ftruncate(fd, 0)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_own(path: str, flags: int, kind: Callable[[int], bool], what: str) -> int:
+    """open(2) without following a symlink; the fd only if it is `what` and ours."""
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as exc:
@@ -33,14 +48,10 @@ def open_private(path: str, *, append: bool = False) -> int:
         raise
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFile(errno.EINVAL, f"{path}: not a regular file")
+        if not kind(st.st_mode):
+            raise UnsafeFile(errno.EINVAL, f"{path}: not {what}")
         if st.st_uid != os.geteuid():
             raise UnsafeFile(errno.EPERM, f"{path}: belongs to another user")
-        os.fchmod(fd, 0o600)
-        if not append:
-            os.ftruncate(fd, 0)
-        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise
@@ -67,22 +78,9 @@ def open_stream(path: str) -> int:
     (UnsafeFile otherwise); the open waits for a reader, as a pipe's writer does."""
     if path == STDOUT:
         return os.dup(1)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafeFile(errno.ELOOP, f"{path}: is a symbolic link") from None
-        raise
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISFIFO(st.st_mode):
-            raise UnsafeFile(errno.EINVAL, f"{path}: not a named pipe")
-        if st.st_uid != os.geteuid():
-            raise UnsafeFile(errno.EPERM, f"{path}: belongs to another user")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _open_own(
+        path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, stat.S_ISFIFO, "a named pipe"
+    )
 
 
 def describe(path: str, exc: OSError) -> str:
