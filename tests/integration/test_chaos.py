@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from captured import messages
-from conftest import ROOT, free_port, require, tpmsniff_cmd, wait_for
+from conftest import ROOT, fds, free_port, require, rss_kib, tpmsniff_cmd, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,17 +47,6 @@ def hash_rsp(data: bytes) -> bytes:
     """What swtpm answers to hash_cmd(data): the digest and a NULL ticket."""
     body = b"\x00\x20" + hashlib.sha256(data).digest() + bytes.fromhex("8024400000070000")
     return bytes.fromhex("8001") + (10 + len(body)).to_bytes(4, "big") + b"\0\0\0\0" + body
-
-
-def fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 CONNECTS: Counter[str] = Counter()

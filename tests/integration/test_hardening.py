@@ -9,14 +9,23 @@ import contextlib
 import os
 import resource
 import signal
-import socket
 import stat
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, start_sniff, start_swtpm, tpmsniff_cmd, wait_for
+from conftest import (
+    ROOT,
+    connect,
+    fds,
+    recv_exact,
+    rss_kib,
+    start_sniff,
+    start_swtpm,
+    tpmsniff_cmd,
+    wait_for,
+)
 
 from tpmsniff.inputs.swtpmlog import parse_file
 
@@ -31,39 +40,6 @@ def nofile(n: int):
         resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
     return set_limit
-
-
-def fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def connect(addr: str, timeout: float = 10) -> socket.socket:
-    if addr.startswith("tcp:"):
-        host, port = addr[4:].rsplit(":", 1)
-        s = socket.create_connection((host, int(port)), timeout=timeout)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return s
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(addr)
-    return s
-
-
-def recv_exact(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"EOF after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
 
 
 def getrandom(addr: str) -> bytes:

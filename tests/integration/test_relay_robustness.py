@@ -8,7 +8,15 @@ import socket
 
 import pytest
 from captured import messages
-from conftest import run_tool, start_sniff, start_swtpm, wait_consumed, wait_for
+from conftest import (
+    connect,
+    recv_exact,
+    run_tool,
+    start_sniff,
+    start_swtpm,
+    wait_consumed,
+    wait_for,
+)
 
 from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.inputs.swtpmlog import parse_file
@@ -16,28 +24,6 @@ from tpmsniff.inputs.swtpmlog import parse_file
 pytestmark = pytest.mark.integration
 
 GETRANDOM = bytes.fromhex("80010000000c0000017b0010")
-
-
-def connect(addr: str) -> socket.socket:
-    if addr.startswith("tcp:"):
-        host, port = addr[4:].rsplit(":", 1)
-        s = socket.create_connection((host, int(port)), timeout=10)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    else:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        s.connect(addr)
-    return s
-
-
-def recv_exact(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise EOFError(f"EOF after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
 
 
 def read_response(s: socket.socket) -> bytes:

@@ -81,6 +81,8 @@ class WorkerPipeline:
         self.pid = pid
         self._exit: int | None = None
         self._status_fd = status_r
+        self._pidfd = -1  # readable once the worker has exited (watched after its start)
+        self._pidfd_loop: asyncio.AbstractEventLoop | None = None
         self._start_failed = False
         with contextlib.suppress(OSError):  # the default 64 KiB still works
             fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
@@ -143,10 +145,33 @@ class WorkerPipeline:
             loop.remove_reader(fd)
             os.close(fd)
         if msg == b"ok\n":
+            self._watch_exit(loop)
             return
         why = msg.decode("utf-8", "replace").strip() or "capture worker exited at start"
         self._start_failed = True  # said once, by the daemon: close() need not add a line
         raise WorkerStartError(why)
+
+    def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Notice the worker's death when it happens (a pidfd), not at the next pipe write,
+        which may never come if it died between two bursts of records."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except OSError:
+            return  # the next write notices (EPIPE)
+
+        def exited() -> None:
+            loop.remove_reader(pidfd)
+            self._close_pidfd()
+            if self._fd >= 0:
+                self._child_gone()
+
+        self._pidfd, self._pidfd_loop = pidfd, loop
+        loop.add_reader(pidfd, exited)
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
 
     def encoded(self, data: bytes, frames: int) -> None:
         """Whole records already encoded with their length prefixes (the native relay's
@@ -261,6 +286,10 @@ class WorkerPipeline:
         if self._status_fd >= 0:
             os.close(self._status_fd)
             self._status_fd = -1
+        if self._pidfd >= 0 and self._pidfd_loop is not None:
+            with contextlib.suppress(Exception):  # the loop may be closed already
+                self._pidfd_loop.remove_reader(self._pidfd)
+        self._close_pidfd()
         if self._fd >= 0:
             os.set_blocking(self._fd, True)
             with contextlib.suppress(OSError):
