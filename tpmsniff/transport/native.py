@@ -23,6 +23,7 @@ from .._native import NativeUnavailable, load
 from ..model import Channel, ConnInfo, Direction, EventSink, Framing
 from .addresses import Address
 from .errors import StartupError
+from .limits import guarded
 
 log = structlog.get_logger("tpmsniff.relay")
 
@@ -173,11 +174,15 @@ class NativeRelay:
             for i in range(closes):
                 conn = int.from_bytes(buf[12 + 8 * i : 20 + 8 * i], "little")
                 log.info("connection closed", conn=conn)
-            self.pipeline.encoded(bytes(buf[12 + 8 * closes : 12 + size]), frames)
-            del buf[: 12 + size]
+            batch = bytes(buf[12 + 8 * closes : 12 + size])
+            del buf[: 12 + size]  # before the hand-over: a failing pipeline never sees it twice
+            self._hand_over(batch, frames)
+
+    def _hand_over(self, batch: bytes, frames: int) -> None:
+        guarded(lambda: self.pipeline.encoded(batch, frames))
 
     def close_all(self) -> None:
-        """Close every connection (requests already sent are forwarded first)."""
+        """Close every connection at once (shutdown: what is queued is dropped)."""
         if self._h is not None:
             self._lib.tn_close_all(self._h)
 
