@@ -5,6 +5,7 @@ A missing tool is a test *failure* (never a skip): CI must not pass vacuously.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -334,3 +336,21 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(tmp: Path, size: str = "16k") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at tmp/small (a disk that fills up), unmounted after."""
+    small = tmp / "small"
+    small.mkdir()
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)],
+        capture_output=True,
+        text=True,
+    )
+    if p.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (needs root, as in CI): {p.stderr}")
+    try:
+        yield small
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

@@ -242,8 +242,9 @@ def pw_plus_encrypt(tcti: str) -> bytes:
     return _run(tcti, body)
 
 
-def policy_password(tcti: str) -> bytes:
-    """PolicyPassword: the command's HMAC field is the object's authValue, in clear."""
+def _policy_unseal(tcti: str, policy_command: str) -> bytes:
+    """Unseal, in a policy session run through `policy_command`, an object whose
+    authValue crossed only encrypted."""
 
     def body(e: ESAPI) -> bytes:
         prim = primary(e)
@@ -251,26 +252,21 @@ def policy_password(tcti: str) -> bytes:
         obj = sealed_object(e, prim, SECRET, session=enc, policy=POLICY_AUTHVALUE, auth=OBJECT_AUTH)
         e.flush_context(enc)
         s = session(e, "policy")
-        e.policy_password(s)
+        getattr(e, policy_command)(s)
         return bytes(e.unseal(obj, session1=s))
 
     return _run(tcti, body)
+
+
+def policy_password(tcti: str) -> bytes:
+    """PolicyPassword: the command's HMAC field is the object's authValue, in clear."""
+    return _policy_unseal(tcti, "policy_password")
 
 
 def policy_authvalue(tcti: str) -> bytes:
     """PolicyAuthValue with an object authValue that crossed only encrypted: the policy
     session's key includes it, so the Unseal stays ENCRYPTED: pass."""
-
-    def body(e: ESAPI) -> bytes:
-        prim = primary(e)
-        enc = session(e, "aes", tpm_key=prim)
-        obj = sealed_object(e, prim, SECRET, session=enc, policy=POLICY_AUTHVALUE, auth=OBJECT_AUTH)
-        e.flush_context(enc)
-        s = session(e, "policy")
-        e.policy_auth_value(s)
-        return bytes(e.unseal(obj, session1=s))
-
-    return _run(tcti, body)
+    return _policy_unseal(tcti, "policy_auth_value")
 
 
 def cascade(tcti: str) -> bytes:

@@ -105,12 +105,13 @@ def _suffix(kind: str) -> str:
     return {"pcapng": ".pcapng", "pcap": ".pcap"}.get(kind, ".log")
 
 
-def test_decode_survives_mutated_inputs(inputs, tmp_path):
+def fuzz(inputs, tmp_path, seed_: int, examples: int, argv: list[str], what: str) -> None:
+    """Run `tpmsniff WHAT INPUT argv...` in-process on `examples` seeded mutants."""
     path = tmp_path / "in"
 
-    @seed(SEED)
+    @seed(seed_)
     @settings(
-        max_examples=600,
+        max_examples=examples,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -120,33 +121,19 @@ def test_decode_survives_mutated_inputs(inputs, tmp_path):
         kind, data = m
         p = path.with_suffix(_suffix(kind))
         p.write_bytes(data)
-        code, err = run_inprocess(["decode", str(p), "--output", "jsonl"])
-        assert_clean(code, err, f"decode {kind} {data[:64].hex()}")
+        code, err = run_inprocess([what, str(p), *argv])
+        assert_clean(code, err, f"{what} {kind} {data[:64].hex()}")
 
     run()
+
+
+def test_decode_survives_mutated_inputs(inputs, tmp_path):
+    fuzz(inputs, tmp_path, SEED, 600, ["--output", "jsonl"], "decode")
 
 
 def test_check_survives_mutated_inputs(inputs, tmp_path):
-    path = tmp_path / "in"
-
-    @seed(SEED + 1)
-    @settings(
-        max_examples=450,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
-    @given(mutants(inputs))
-    def run(m: tuple[str, bytes]) -> None:
-        kind, data = m
-        p = path.with_suffix(_suffix(kind))
-        p.write_bytes(data)
-        code, err = run_inprocess(
-            ["check", str(p), "--secret", "tpmsniff-secret-42", "--require-encrypted", "Unseal"]
-        )
-        assert_clean(code, err, f"check {kind} {data[:64].hex()}")
-
-    run()
+    argv = ["--secret", "tpmsniff-secret-42", "--require-encrypted", "Unseal"]
+    fuzz(inputs, tmp_path, SEED + 1, 450, argv, "check")
 
 
 @pytest.mark.parametrize("kind", ["pcapng", "pcap", "statelog"])

@@ -23,6 +23,7 @@ from conftest import (
     rss_kib,
     start_sniff,
     start_swtpm,
+    tiny_tmpfs,
     tpmsniff_cmd,
     wait_for,
 )
@@ -319,24 +320,15 @@ def test_existing_outputs_become_0600(tmp_path):
 
 # -- 5. exit codes tell the truth ---------------------------------------------------------
 def test_capture_header_that_cannot_be_written_is_exit_3(tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    p = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small)],
-        capture_output=True,
-        text=True,
-    )
-    if p.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (needs root, as in CI): {p.stderr}")
-    sw = start_swtpm(tmp_path, "unix")
-    try:
-        with open(small / "filler", "wb") as fh, contextlib.suppress(OSError):
-            fh.write(b"x" * (64 << 10))  # the disk is full before we start
-        err = _start_fails(tmp_path, sw, "--pcap", str(small / "capture")).stderr
-        assert "No space left on device" in err and "capture" in err
-    finally:
-        sw.stop()
-        subprocess.run(["umount", str(small)], check=False)
+    with tiny_tmpfs(tmp_path) as small:
+        sw = start_swtpm(tmp_path, "unix")
+        try:
+            with open(small / "filler", "wb") as fh, contextlib.suppress(OSError):
+                fh.write(b"x" * (64 << 10))  # the disk is full before we start
+            err = _start_fails(tmp_path, sw, "--pcap", str(small / "capture")).stderr
+            assert "No space left on device" in err and "capture" in err
+        finally:
+            sw.stop()
 
 
 def test_killed_worker_relay_goes_on_exit_4(tmp_path):

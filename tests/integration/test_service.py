@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 from captured import messages
-from conftest import ROOT, require, run_tool, start_sniff, start_swtpm, tpmsniff_cmd, wait_for
+from conftest import (
+    ROOT,
+    require,
+    run_tool,
+    start_sniff,
+    start_swtpm,
+    tiny_tmpfs,
+    tpmsniff_cmd,
+    wait_for,
+)
 from test_relay_tools import log_sequence
 from workload import SECRET, tpm2tools_workload
 
@@ -192,16 +201,7 @@ def test_listen_socket_mode_and_owner(tmp_path):
 
 def test_full_disk_does_not_break_the_relay(tmp_path):
     """The capture directory is a 16 KiB tmpfs: the capture fills it, the relay goes on."""
-    small = tmp_path / "small"
-    small.mkdir()
-    p = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small)],
-        capture_output=True,
-        text=True,
-    )
-    if p.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (needs root, as in CI): {p.stderr}")
-    try:
+    with tiny_tmpfs(tmp_path) as small:
         sw = start_swtpm(tmp_path, "unix")
         sniff_pcap = small / "capture.pcapng"
         sniff = start_sniff(
@@ -220,5 +220,3 @@ def test_full_disk_does_not_break_the_relay(tmp_path):
         assert len(events) == 1  # logged once
         assert "rsp Unseal" in sniff.console()  # the console goes on
         assert list(read_pcapng(str(sniff_pcap)))  # what fitted is readable
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
