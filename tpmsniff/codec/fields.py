@@ -54,7 +54,7 @@ _DIGEST_SIZES = {
     0x29: 64,
 }
 _HASH_MEMBER = {0x04: "sha1", 0x0B: "sha256", 0x0C: "sha384", 0x0D: "sha512", 0x12: "sm3_256"}
-_SIG_SCHEMES = {
+_SIG_SCHEMES = {  # also the members of TPMU_SIGNATURE
     0x14: "rsassa",
     0x16: "rsapss",
     0x18: "ecdsa",
@@ -76,15 +76,6 @@ _ASYM_SCHEMES = {
     0x17: "oaep",
 }
 _KDF_SCHEMES = {0x07: "mgf1", 0x20: "kdf1_sp800_56a", 0x21: "kdf2", 0x22: "kdf1_sp800_108"}
-_SIGNATURES = {
-    0x14: "rsassa",
-    0x16: "rsapss",
-    0x18: "ecdsa",
-    0x1A: "ecdaa",
-    0x1B: "sm2",
-    0x1C: "ecschnorr",
-    0x05: "hmac",
-}
 _CAPS = {
     0: "algorithms",
     1: "handles",
@@ -136,7 +127,7 @@ _UNIONS: dict[str, tuple[str, Callable[[int], str | None]]] = {
     "TPMU_SIG_SCHEME": ("scheme", _pick(_SIG_SCHEMES)),
     "TPMU_KDF_SCHEME": ("scheme", _pick(_KDF_SCHEMES)),
     "TPMU_ASYM_SCHEME": ("scheme", _pick(_ASYM_SCHEMES)),
-    "TPMU_SIGNATURE": ("sigAlg", _pick(_SIGNATURES)),
+    "TPMU_SIGNATURE": ("sigAlg", _pick(_SIG_SCHEMES)),
     "TPMU_PUBLIC_PARMS": (
         "type",
         _public(
