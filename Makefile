@@ -42,7 +42,7 @@ unit: venv
 
 SOAK_SECONDS ?= 600
 soak: venv ## the chaos test for SOAK_SECONDS (600): hostile clients, swtpm restarts, SIGHUP
-	TPMSNIFF_CHAOS_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider tests/integration/test_chaos.py
+	TPMSNIFF_CHAOS_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -p no:cacheprovider tests/integration/test_soak.py
 
 lint: venv ## ruff (lint + format) and mypy (strict for model/ and codec/)
 	$(PY) -m ruff check tpmsniff tests bench scripts

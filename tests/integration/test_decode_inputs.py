@@ -27,9 +27,9 @@ from conftest import (
     wait_consumed,
     wait_for,
 )
-from fieldcheck import check_capture
+from helpers.fieldcheck import check_capture
+from helpers.workload import SECRET, tpm2tools_workload
 from test_relay_tools import log_sequence, tshark_fields
-from workload import SECRET, tpm2tools_workload
 
 from tpmsniff.codec.annotate import Annotator
 from tpmsniff.inputs import frames_from_input

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from captured import messages
 from conftest import Sniff, require, start_sniff, wait_for
-from fieldcheck import check_capture
+from helpers.captured import messages
+from helpers.fieldcheck import check_capture
 
 from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.inputs.swtpmlog import parse_file

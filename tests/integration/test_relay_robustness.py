@@ -7,7 +7,6 @@ import contextlib
 import socket
 
 import pytest
-from captured import messages
 from conftest import (
     connect,
     recv_exact,
@@ -17,6 +16,7 @@ from conftest import (
     wait_consumed,
     wait_for,
 )
+from helpers.captured import messages
 
 from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.inputs.swtpmlog import parse_file

@@ -9,10 +9,10 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from captured import messages
 from conftest import require, start_sniff, start_swtpm
-from fieldcheck import check_capture
-from workload import NV_DATA, SECRET, tpm2tools_workload
+from helpers.captured import messages
+from helpers.fieldcheck import check_capture
+from helpers.workload import NV_DATA, SECRET, tpm2tools_workload
 
 from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.inputs.swtpmlog import parse_file

@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from captured import messages
 from conftest import (
     ROOT,
     require,
@@ -23,8 +22,9 @@ from conftest import (
     tpmsniff_cmd,
     wait_for,
 )
+from helpers.captured import messages
+from helpers.workload import SECRET, tpm2tools_workload
 from test_relay_tools import log_sequence
-from workload import SECRET, tpm2tools_workload
 
 from tpmsniff.cli.manpage import render
 from tpmsniff.inputs.pcapng import read_pcapng

@@ -13,7 +13,7 @@
  * clients are not read.
  *
  * Framing decisions are the pure functions tn_next_request / tn_next_response, which the
- * unit tests fuzz against the Python framers (tests/unit/test_native_framing.py). */
+ * unit tests fuzz against the Python framers (tests/unit/_native/test_relay.py). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>

@@ -3,7 +3,7 @@
 Sans-IO. The values come from pytss's objects (its C structures, read through cffi); this
 module adds what they lack: the Part 3 names (part3.py), the wire offset and size of every
 field, union members picked by their selector (Part 2), enumeration constant names and
-attribute flag names. tests/fieldcheck.py proves the result on every captured message:
+attribute flag names. tests/helpers/fieldcheck.py proves the result on every captured message:
 the fields tile the message and re-marshal (pytss) to exactly its bytes.
 """
 

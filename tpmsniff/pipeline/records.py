@@ -4,7 +4,7 @@ pipe to the worker process.
 Every record is a fixed `struct` header plus its variable bytes: no pickles. Event
 records are the hot path (two per TPM round trip): packing one costs about 1 µs, against
 16 µs for a pickle. Every field round-trips whatever its value: any 32-bit control code,
-any length, any locality (tests/unit/test_records.py).
+any length, any locality (tests/unit/pipeline/test_records.py).
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from captured import messages
 from conftest import ROOT, fds, free_port, require, rss_kib, tpmsniff_cmd, wait_for
+from helpers.captured import messages
 
 pytestmark = pytest.mark.integration
 

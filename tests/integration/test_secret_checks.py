@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, start_sniff, start_swtpm, tpmsniff_cmd
-from scenarios import (
+from helpers.scenarios import (
     EXTERNAL_AUTH,
     OBJECT_AUTH,
     OWNER_AUTH,

@@ -20,7 +20,7 @@ from tpmsniff.model.exits import combine
 from tpmsniff.sinks.pcapng import PcapngWriter
 from tpmsniff.transport.conn import ClientConn, ConnCounter, Passthrough
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 GETRANDOM = bytes.fromhex("80010000000c0000017b0010")
 RSP = bytes.fromhex("80010000001000000000000412345678")
 

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 from conftest import ROOT, free_port, require, run_tool, start_sniff, start_swtpm, wait_for
-from fieldcheck import check_capture
-from workload_all import NV_BASE, all_commands
+from helpers.fieldcheck import check_capture
+from helpers.workload_all import NV_BASE, all_commands
 
 from tpmsniff.codec.tpm import cc_name
 from tpmsniff.inputs import frames_from_input

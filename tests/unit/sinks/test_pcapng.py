@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from captured import messages
+from helpers.captured import messages
 
 from tpmsniff.codec.annotate import Annotator
 from tpmsniff.inputs.pcapng import read_pcapng

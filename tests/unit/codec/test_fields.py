@@ -1,5 +1,5 @@
 """Field decoding on bytes recorded from a real run (tests/data/all-commands.pcapng: the
-tests/workload_all.py ESAPI workload through tpmsniff against swtpm, every command swtpm
+tests/helpers/workload_all.py ESAPI workload through tpmsniff against swtpm, every command swtpm
 implements): exactness, the JSON Lines schema, the tree, the semantic lines."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 from functools import cache
 
 from conftest import DATA
-from fieldcheck import check_frames, problems
+from helpers.fieldcheck import check_frames, problems
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -1,7 +1,7 @@
 """Issue #9 on bytes recorded from real runs (tpm2-pytss ESAPI clients, swtpm, tpmsniff):
 derived session keys proven by HMAC, secret labels, private reports, fail-closed input.
 
-The captures in tests/data/esapi-*.pcapng were recorded with tests/scenarios.py through
+The captures in tests/data/esapi-*.pcapng were recorded with tests/helpers/scenarios.py through
 a tpmsniff daemon; the client sealed and unsealed scenarios.SECRET in each.
 """
 
@@ -18,7 +18,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
-from scenarios import OBJECT_AUTH, PRIMARY_AUTH, SECRET
+from helpers.scenarios import OBJECT_AUTH, PRIMARY_AUTH, SECRET
 
 from tpmsniff.check.secrets import Secret
 from tpmsniff.cli.check import main as check_main
@@ -27,7 +27,7 @@ from tpmsniff.codec.paramcrypt import kdfa, session_key
 from tpmsniff.inputs import frames_from_input
 from tpmsniff.model import Direction, Verdict
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def cap(kind: str) -> str:

@@ -12,9 +12,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from conftest import ROOT, run_tool, start_sniff, start_swtpm, tpmsniff_cmd
-from fieldcheck import check_capture
-from scenarios import SECRET, nv_roundtrip, seal_unseal
-from workload import tools_seal_unseal
+from helpers.fieldcheck import check_capture
+from helpers.scenarios import SECRET, nv_roundtrip, seal_unseal
+from helpers.workload import tools_seal_unseal
 
 from tpmsniff.codec.annotate import Annotator
 from tpmsniff.inputs import frames_from_input
