@@ -28,8 +28,8 @@ from conftest import (
     wait_for,
 )
 from helpers.fieldcheck import check_capture
+from helpers.groundtruth import log_sequence, tshark_fields
 from helpers.workload import SECRET, tpm2tools_workload
-from test_relay_tools import log_sequence, tshark_fields
 
 from tpmsniff.codec.annotate import Annotator
 from tpmsniff.inputs import frames_from_input
@@ -276,7 +276,7 @@ def test_split_and_coalesced_segments_are_reassembled(tmp_path):
 
 def test_qemu_boot_log_has_control_blocks(tmp_path):
     """A swtpm log of a SeaBIOS boot through QEMU: control blocks decode as control."""
-    from test_qemu import CtrlSwtpm, boot
+    from helpers.qemu import CtrlSwtpm, boot
 
     sw = CtrlSwtpm(tmp_path / "sw")
     sniff = start_sniff(tmp_path, sw.sock, extra=["--console", "summary"])

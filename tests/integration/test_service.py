@@ -23,8 +23,8 @@ from conftest import (
     wait_for,
 )
 from helpers.captured import messages
+from helpers.groundtruth import log_sequence
 from helpers.workload import SECRET, tpm2tools_workload
-from test_relay_tools import log_sequence
 
 from tpmsniff.cli.manpage import render
 from tpmsniff.inputs.pcapng import read_pcapng

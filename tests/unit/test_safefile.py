@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
 from tpmsniff.safefile import UnsafeFile, is_stream, open_stream
-from tpmsniff.sinks.pcapng import PcapngWriter
 
 
 def test_dash_and_fifos_are_streams_files_are_not(tmp_path):
@@ -27,21 +25,3 @@ def test_symlink_to_a_fifo_is_refused(tmp_path):
     assert not is_stream(str(link))  # so the daemon treats it as a file path...
     with pytest.raises(UnsafeFile, match="symbolic link"):
         open_stream(str(link))  # ...and the stream opener never follows it
-
-
-def test_writer_streams_blocks_to_a_fifo_as_they_are_made(tmp_path):
-    fifo = tmp_path / "p"
-    os.mkfifo(fifo, 0o600)
-    got: list[bytes] = []
-
-    def reader() -> None:
-        with open(fifo, "rb") as fh:
-            got.append(fh.read(28))  # the section header block arrives before anything else
-
-    t = threading.Thread(target=reader)
-    t.start()
-    w = PcapngWriter(str(fifo))
-    t.join(10)
-    assert got and got[0][:4] == b"\x0a\x0d\x0d\x0a"
-    assert w.stream
-    w.close()

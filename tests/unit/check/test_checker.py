@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import pytest
 from conftest import DATA
+from helpers.scenarios import SECRET as SEALED
 
 from tpmsniff.check.checker import Checker
 from tpmsniff.check.findings import field_at
@@ -116,3 +117,17 @@ def test_reports(frames, tmp_path):
     assert suite is not None and suite.get("tests") == "3" and suite.get("failures") == "2"
     cases = suite.findall("testcase")
     assert [case.find("failure") is not None for case in cases] == [False, True, True]
+
+
+def test_raw_scan_in_chunks_counts_each_occurrence_once():
+    from tpmsniff.check.checker import Checker
+
+    data = b"x" * 5 + SEALED + b"y" * 3 + SEALED + SEALED.hex().encode() + b"z"
+    for size in (1, 2, 7, len(SEALED) - 1, len(SEALED), 1000):
+        c = Checker([Secret(SEALED)])
+        chunks = [data[i : i + size] for i in range(0, len(data), size)]
+        found = c.scan_raw("f", chunks)
+        msgs = sorted(f.message for f in found)
+        assert len(msgs) == 2, (size, msgs)
+        assert "(hex-encoded) found in the raw file at offset 60" in msgs[0]
+        assert msgs[1].endswith("found in the raw file at offset 5, outside any decoded message")

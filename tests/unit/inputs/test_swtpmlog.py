@@ -3,13 +3,16 @@ of the dumps into messages (raw and MS-sim) as the relay would frame them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tpmsniff.codec.annotate import Annotator
-from tpmsniff.inputs.swtpmlog import frames_from_log, parse_lines
+from tpmsniff.inputs.swtpmlog import frames_from_log, parse_file, parse_lines
 from tpmsniff.model import Channel, Direction, Framing
 
+DATA = Path(__file__).resolve().parents[2] / "data"
 GETRANDOM = bytes.fromhex("80010000000c0000017b0008")
 RSP = bytes.fromhex("8001000000140000000000080102030405060708")
 
@@ -88,3 +91,13 @@ def test_frames_from_log_frames_raw_and_mssim(tmp_path):
     assert [f.channel for f in frames[4:]] == [Channel.CTRL, Channel.CTRL]
     assert frames[5].direction is Direction.RESPONSE and frames[5].ctrl.name == "SET_LOCALITY"
     assert [f.seq for f in frames] == [1, 2, 3, 4, 5, 6]
+
+
+def test_ctrl_rsp_continued_is_one_reply_with_its_body():
+    msgs = [m for m in parse_file(str(DATA / "stateblob.swtpm.log")) if m.kind == "ctrl-rsp"]
+    blobs = [m for m in msgs if len(m.data) > 16]
+    assert len(msgs) == 4 and len(blobs) == 2  # no duplicated replies
+    for m in blobs:
+        blob_len = int.from_bytes(m.data[12:16], "big")
+        assert m.length == 16 + blob_len and len(m.data) == 16 + 1024  # swtpm cut the dump
+        assert m.data[16:18] == b"\x02\x01"  # the blob's own header follows the reply's

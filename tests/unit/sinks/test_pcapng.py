@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import io
+import os
+import threading
 
+import pytest
 from helpers.captured import messages
 
 from tpmsniff.codec.annotate import Annotator
 from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.model import Channel, ConnInfo, Direction, Event, Framing, Message
-from tpmsniff.sinks.console import ConsoleSink, hexdump
-from tpmsniff.sinks.pcapng import PcapngSink
+from tpmsniff.safefile import UnsafeFile
+from tpmsniff.sinks.pcapng import PcapngSink, PcapngWriter
 
 CMD = bytes.fromhex("80010000000c0000017b0008")
 RSP = bytes.fromhex("8001000000140000000000080102030405060708")
@@ -41,21 +43,31 @@ def test_roundtrip_with_mssim_split(tmp_path):
     assert messages(str(path)) == [(True, pre + CMD), (False, rsp)]
 
 
-def test_hexdump_format_matches_eve():
-    line = hexdump(bytes(range(0x41, 0x41 + 18)))
-    assert (
-        line[0] == "00000000  41 42 43 44 45 46 47 48  49 4a 4b 4c 4d 4e 4f 50  |ABCDEFGHIJKLMNOP|"
-    )
-    assert line[1].startswith("00000010  51 52") and line[1].endswith("|QR|")
-    assert len(line[1].split("|")[0]) == len(line[0].split("|")[0])
+def test_capture_writer_refuses_a_symlink(tmp_path):
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / "cap").symlink_to(victim)
+    with pytest.raises(UnsafeFile):
+        PcapngWriter(str(tmp_path / "cap"))
+    with pytest.raises(UnsafeFile):
+        PcapngWriter(str(tmp_path / "cap"), append=True)  # SIGHUP / ring files too
+    assert victim.read_bytes() == b"precious"
 
 
-def test_console_summary_and_plain_output():
-    out = io.StringIO()
-    sink = ConsoleSink("summary", out, colour=False)
-    f = Annotator().annotate(
-        3, 0.0, Event(Channel.TPM, Direction.COMMAND, Message(CMD, Framing.RAW))
-    )
-    sink.frame(f)
-    assert "conn 3 cmd GetRandom" in out.getvalue()
-    assert "\033[" not in out.getvalue()
+def test_writer_streams_blocks_to_a_fifo_as_they_are_made(tmp_path):
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo, 0o600)
+    got: list[bytes] = []
+
+    def reader() -> None:
+        with open(fifo, "rb") as fh:
+            got.append(fh.read(28))  # the section header block arrives before anything else
+
+    t = threading.Thread(target=reader)
+    t.start()
+    w = PcapngWriter(str(fifo))
+    t.join(10)
+    assert got and got[0][:4] == b"\x0a\x0d\x0d\x0a"
+    assert w.stream
+    w.close()

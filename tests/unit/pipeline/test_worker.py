@@ -1,0 +1,27 @@
+"""The worker pipeline end to end: a real fork, a real pipe, every record written."""
+
+from __future__ import annotations
+
+import json
+
+from helpers.recorder import CMD_EV, RSP_EV
+
+from tpmsniff.model import Channel, ConnInfo, Direction, Event, Framing, Message
+from tpmsniff.pipeline import InProcessPipeline, WorkerPipeline
+from tpmsniff.sinks.jsonl import JsonlSink
+
+
+async def test_worker_process_writes_every_record(tmp_path):
+    out = tmp_path / "w.jsonl"
+    worker = WorkerPipeline(lambda: InProcessPipeline([JsonlSink(str(out))], deferred=False))
+    worker.conn_open(ConnInfo(1, Channel.TPM, "peer", "up", 0.0))
+    for _ in range(100):
+        worker.events(1, 0.0, [CMD_EV, RSP_EV])
+    ctrl = Event(Channel.CTRL, Direction.RESPONSE, Message(b"\xff" * 4, Framing.CTRL), 0xFFFFFFFF)
+    worker.events(2, 0.0, [ctrl])
+    worker.conn_close(1, 0.0)
+    assert worker.frames_seen == 201
+    assert worker.close() == 0 and worker.exit_code == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 201
+    assert lines[0]["command"] == "GetRandom" and lines[-1]["ctrl_cmd"] == 0xFFFFFFFF
