@@ -59,7 +59,7 @@ def wait_idle_after_boots(console: Path, boots: int, timeout: float = 60) -> Non
 
 
 def qemu_args(sock: str, device: str = "tpm-tis") -> list[str]:
-    """SeaBIOS, no disk, no NIC, rebooting every second (wire-protocols §9.1)."""
+    """SeaBIOS, no disk, no NIC, rebooting every second (docs/protocols.md §10)."""
     return [
         require("qemu-system-x86_64"),
         *("-machine", "pc", "-accel", "tcg", "-m", "128", "-nic", "none"),

@@ -70,7 +70,7 @@ def test_tshark_decodes_every_message(run):
     rsps = tshark_fields(pcap, "tpm.resp.rc", filt="tpm.resp.rc")
     assert len(reqs) == len(rsps) == n_tpm // 2
     # The only warnings allowed are Wireshark's own NV_Read bug (it expects 1 handle, the
-    # spec has 2, prior-art §5); our comment on those frames carries the right decode.
+    # spec has 2); our comment on those frames carries the right decode.
     bad = tshark_fields(
         pcap, "frame.number", "tpm.req.cc", filt="_ws.malformed || _ws.expert.severity >= warning"
     )

@@ -4,7 +4,7 @@
  * format (tpmsniff/pipeline/records.py). Python keeps accepting, role detection, the
  * control channels (QEMU's fd passing), and everything after the relay.
  *
- * The relay rules (docs wire-protocols section 0) mirror tpmsniff/codec/channels.py
+ * The relay rules (docs/protocols.md §4-§6) mirror tpmsniff/codec/channels.py
  * DataChannel exactly: each whole request goes upstream in one write, one framed request
  * outstanding at a time (the next is not even read from the client until the response is
  * complete: the kernel's socket buffer is the queue), each upstream read is forwarded to

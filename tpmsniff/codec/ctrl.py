@@ -1,4 +1,4 @@
-"""Sans-IO codec for the swtpm control channel (CMD_* messages, wire-protocols §3).
+"""Sans-IO codec for the swtpm control channel (CMD_* messages, docs/protocols.md §7).
 
 The channel has no length field: swtpm reads each request by a per-command table within
 500 ms, so requests are forwarded whole, and replies are split by what the request was.
@@ -102,7 +102,7 @@ class CtrlRequestFramer:
                 break
             cmd = _u32(self._buf, 0)
             if cmd in (Cmd.SET_LOCALITY, Cmd.RESET_TPMESTABLISHED):
-                n = len(self._buf)  # 1..4 body bytes: forward all that came (§3.4)
+                n = len(self._buf)  # 1..4 body bytes: forward all that came (protocols.md §7.4)
             head = bytes(self._buf[:n])
             del self._buf[:n]
             if cmd in (Cmd.HASH_DATA, Cmd.SET_STATEBLOB):

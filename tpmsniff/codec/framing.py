@@ -1,6 +1,6 @@
 """Sans-IO framing of TPM data channels: bytes in, whole messages out.
 
-swtpm does not reassemble commands (wire-protocols §0.5): each command must reach it in
+swtpm does not reassemble commands (docs/protocols.md §4): each command must reach it in
 exactly one write. `RequestFramer` turns arbitrary client reads into whole requests;
 `ResponseFramer` recovers message boundaries from a *copy* of the response stream (the
 relay forwards response bytes as they arrive and never waits for this).

@@ -1,7 +1,7 @@
 """QEMU `-tpmdev emulator` control channel with CMD_SET_DATAFD fd substitution.
 
 QEMU never sends TPM commands on its control socket: it hands swtpm one end of a
-socketpair with CMD_SET_DATAFD over SCM_RIGHTS (wire-protocols §4, §5). To see the TPM
+socketpair with CMD_SET_DATAFD over SCM_RIGHTS (docs/protocols.md §8). To see the TPM
 traffic tpmsniff keeps QEMU's fd, gives swtpm one end of its own socketpair with the same
 4 bytes in one sendmsg, and relays between the two through the ordinary data relay.
 Every read from QEMU uses recvmsg with room for fds, so none is ever dropped.

@@ -1,4 +1,5 @@
-"""Control channel framing and decoding, with messages as observed on the wire (§3.2)."""
+"""Control channel framing and decoding, with messages as observed on the wire
+(docs/protocols.md §7)."""
 
 from __future__ import annotations
 
