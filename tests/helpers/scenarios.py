@@ -1,4 +1,5 @@
-"""tpm2-pytss ESAPI scenarios for the session/verdict matrix (issue #4)."""
+"""tpm2-pytss ESAPI scenarios for the session/verdict matrix (test_session_verdicts.py,
+test_secret_checks.py) and the recordings in tests/data/esapi-*.pcapng."""
 
 from __future__ import annotations
 
@@ -100,7 +101,7 @@ PERSISTENT = 0x81000077
 
 def seal_unseal(tcti: str, kind: str) -> bytes:
     """kind: password | salted | unsalted | xor | xor-salted | bound | policy, and the
-    issue #9 matrix: salted-persistent | bound-learned | bound-hidden | pw-plus-encrypt |
+    secret-check matrix: salted-persistent | bound-learned | bound-hidden | pw-plus-encrypt |
     policy-password."""
     if kind in MATRIX:
         return MATRIX[kind](tcti)

@@ -1,4 +1,4 @@
-"""The tpm2-tools workload of issue #2: getrandom, createprimary, seal, load, unseal,
+"""The tpm2-tools workload: getrandom, createprimary, seal, load, unseal,
 flushcontext, nvdefine/nvwrite/nvread. Returns what a user would compare."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12: every command swtpm implements, through tpmsniff, decoded field by field and
+"""Every command swtpm implements, through tpmsniff, decoded field by field and
 exactly; field values spot-checked against the bytes; the live pcapng stream read by
 tshark from a pipe while the workload runs."""
 

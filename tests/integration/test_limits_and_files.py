@@ -1,4 +1,5 @@
-"""Issue 10: no client, input or file can stop the daemon or turn it against its host.
+"""Resource limits and file safety: no client, input or file can stop the daemon or turn
+it against its host.
 
 Real swtpm, tpmsniff as a process; fds and RSS read from /proc.
 """

@@ -1,5 +1,5 @@
-"""Issue #9's scenario matrix: real swtpm, tpm2-pytss ESAPI clients, a tpmsniff daemon
-checking live (--secret, --sensitive), then `tpmsniff check --secret` and
+"""Secret and sensitive checks, live and offline: real swtpm, tpm2-pytss ESAPI clients, a
+tpmsniff daemon checking live (--secret, --sensitive), then `tpmsniff check --secret` and
 `tpmsniff check --sensitive` on its capture. After every scenario, no report, log or
 stdout holds the secret, and every file tpmsniff wrote is 0600.
 """

@@ -1,4 +1,5 @@
-"""Issue #4's scenario matrix: real clients, real swtpm, tpmsniff in between.
+"""Session verdicts over a matrix of session scenarios: real clients, real swtpm, tpmsniff
+in between.
 
 Each scenario runs through a tpmsniff daemon writing a capture; `tpmsniff check` then
 judges the capture, and the verdicts on the frames are asserted directly too.
@@ -134,7 +135,7 @@ def test_unsalted_unbound_is_weak_and_decrypted(captured):
 
 
 def test_recovered_parameter_decoded_into_fields(captured):
-    """Issue 12: the plaintext of a WEAK parameter is decoded into fields, marked."""
+    """The plaintext of a WEAK parameter is decoded into fields, marked."""
     pcap = captured["unsalted"]
     create = one(pcap, "Create", Direction.COMMAND)
     first = create.tpm.fields.parameters[0]
