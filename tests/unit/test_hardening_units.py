@@ -17,7 +17,7 @@ from tpmsniff.inputs.pcapng import CaptureError, read_pcapng
 from tpmsniff.inputs.swtpmlog import parse_file
 from tpmsniff.model import Channel, Framing
 from tpmsniff.model.exits import combine
-from tpmsniff.sinks.pcapng import PcapngWriter
+from tpmsniff.sinks.pcapfile import PcapngWriter
 from tpmsniff.transport.conn import ClientConn, ConnCounter, Passthrough
 
 DATA = Path(__file__).resolve().parent.parent / "data"

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tpmsniff.safefile import UnsafeFile, is_stream, open_stream
-from tpmsniff.sinks.pcapng import PcapngWriter
+from tpmsniff.sinks.pcapfile import PcapngWriter
 
 
 def test_dash_and_fifos_are_streams_files_are_not(tmp_path):
