@@ -1,4 +1,5 @@
-"""Annotated pcapng, written with dpkt, laid out for Wireshark's TPM 2.0 dissector.
+"""Annotated pcapng, laid out for Wireshark's TPM 2.0 dissector (the blocks and frames
+are encoded with dpkt in sinks/pcapfile.py, imported only when a capture is opened).
 
 Layout (docs/pcapng.md): Ethernet/IPv4/TCP on 127.0.0.1; one synthetic TCP stream per
 proxied connection with a handshake before its first message and FIN at close; the TPM
@@ -30,7 +31,7 @@ CLIENT_PORT_BASE = 50000
 CLIENT_PORTS = 15000  # 50000..64999, then the client address moves on
 MAX_SEGMENT = 65000  # IPv4 payload limit; only control state blobs get near it
 INBOUND, OUTBOUND = 0b01, 0b10
-# TCP header flags (RFC 9293 §3.1), as dpkt.tcp.TH_* (tests/unit/sinks/test_pcapng_options.py)
+# TCP header flags (RFC 9293 §3.1), as dpkt.tcp.TH_* (tests/unit/sinks/test_registry.py)
 TH_FIN, TH_SYN, TH_PSH, TH_ACK = 0x01, 0x02, 0x08, 0x10
 
 if TYPE_CHECKING:
