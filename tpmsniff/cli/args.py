@@ -1,13 +1,23 @@
-"""Arguments shared by the daemon, `decode` and `check`: secrets, requirements, --auth."""
+"""What every front end (the daemon, `decode`, `check`) parses the same way: the parser
+class (one-line errors, exit 2), --auth, and the sinks' options from the registry."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import NoReturn, TextIO
 
-if TYPE_CHECKING:  # imported when used: the relay process does not need the checker
-    from ..check.checker import Checker
+from ..model import FrameConsumer
+from ..model.exits import EXIT_USAGE
+from ..sinks.base import SinkContext
+from ..sinks.registry import SINKS
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line, `PROG: error: ...`, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def add_auth_arg(p: argparse.ArgumentParser) -> None:
@@ -20,97 +30,44 @@ def add_auth_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_secret_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--secret",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="a secret that must not cross the bus in clear (repeatable)",
-    )
-    p.add_argument("--secret-hex", action="append", default=[], metavar="HEX")
-    p.add_argument("--secret-file", action="append", default=[], metavar="FILE")
-    p.add_argument(
-        "--require-encrypted",
-        action="append",
-        default=[],
-        metavar="NAME[:command|:response]",
-        help="fail unless every such message is ENCRYPTED (TPM2_CC name, "
-        "case-insensitive; default direction: the one the name implies)",
-    )
-    p.add_argument(
-        "--sensitive",
-        action="store_true",
-        help="fail on every sensitive value an observer could read (sealed data, "
-        "authValues, private keys; docs/verdicts.md), no secret needed",
-    )
-    p.add_argument(
-        "--sensitive-nv",
-        action="store_true",
-        help="with --sensitive: NV_Write/NV_Read data are sensitive too",
-    )
-    p.add_argument(
-        "--sensitive-random",
-        action="store_true",
-        help="with --sensitive: GetRandom output is sensitive too",
-    )
-    p.add_argument(
-        "--allow-weak",
-        action="store_true",
-        help="count WEAK (unsalted, unbound) encryption as encrypted",
-    )
-    p.add_argument(
-        "--allow-empty",
-        action="store_true",
-        help="do not fail when no TPM message, or no required command, was seen",
-    )
-    add_auth_arg(p)
+def parse_auths(args: argparse.Namespace) -> dict[int, bytes]:
+    """--auth as {handle: authValue}; raises ValueError with a one-line message."""
+    if not args.auth:
+        return {}
+    from ..codec.sessions import parse_auth  # the decoder: only when asked
+
+    return dict(parse_auth(a) for a in args.auth)
 
 
-def build_checker(args: argparse.Namespace) -> tuple[Checker, dict[int, bytes]]:
-    """Raises ValueError with a one-line message on bad arguments."""
-    from ..check.checker import Checker
-    from ..check.requirements import Requirement
-    from ..check.secrets import Secret
-    from ..check.sensitive import SensitivePolicy
-    from ..codec.sessions import parse_auth
-
-    values = [s.encode() for s in args.secret]
-    for i, h in enumerate(args.secret_hex, 1):
-        try:
-            values.append(bytes.fromhex(h))
-        except ValueError:  # never echo the value: it is a secret
-            raise ValueError(f"--secret-hex #{i}: not hex") from None
-    for fname in args.secret_file:
-        try:
-            values.append(Path(fname).read_bytes())
-        except OSError as exc:
-            raise ValueError(f"--secret-file {fname}: {exc.strerror}") from None
-    if any(not v for v in values):
-        raise ValueError("a secret is empty")
-    secrets = [Secret(v, n) for n, v in enumerate(values, 1)]
-    requires = [Requirement.parse(r) for r in args.require_encrypted]
-    auth = dict(parse_auth(a) for a in args.auth)
-    checker = Checker(
-        secrets,
-        requires,
-        allow_weak=args.allow_weak,
-        allow_empty=args.allow_empty,
-        sensitive=SensitivePolicy(nv=args.sensitive_nv, random=args.sensitive_random)
-        if args.sensitive or args.sensitive_nv or args.sensitive_random
-        else None,
-    )
-    return checker, auth
+def add_sink_options(p: argparse.ArgumentParser, live: bool) -> None:
+    """Each sink class's options, in a group of its own."""
+    for cls in SINKS:
+        cls.add_options(p.add_argument_group(cls.title), live)
 
 
-def checker_wanted(args: argparse.Namespace) -> bool:
-    """Whether any check option was given (secrets, --sensitive, --require-encrypted)."""
-    return bool(
-        args.secret
-        or args.secret_hex
-        or args.secret_file
-        or args.require_encrypted
-        or args.sensitive
-        or args.sensitive_nv
-        or args.sensitive_random
-    )
+def sink_formats() -> list[str]:
+    """What `decode --output` can print: every sink's formats, in registry order."""
+    return [f for cls in SINKS for f in cls.formats]
+
+
+def check_sink_options(args: argparse.Namespace, live: bool) -> None:
+    """Raises OptionError (one line) for the first sink whose options cannot work."""
+    for cls in SINKS:
+        cls.check_options(args, live)
+
+
+def sink_context(
+    args: argparse.Namespace, live: bool, stdout: TextIO, stderr: TextIO
+) -> SinkContext:
+    """Text goes to stdout, unless a sink writes stdout itself (`--pcap -`)."""
+    takes = any(cls.takes_stdout(args) for cls in SINKS)
+    return SinkContext(live, stderr if takes else stdout)
+
+
+def sinks_wait_on_open(args: argparse.Namespace) -> bool:
+    return any(cls.waits_on_open(args) for cls in SINKS)
+
+
+def build_sinks(args: argparse.Namespace, ctx: SinkContext) -> Sequence[FrameConsumer]:
+    """The sinks the options ask for, in registry order. Raises OSError."""
+    return [s for cls in SINKS if (s := cls.from_options(args, ctx)) is not None]

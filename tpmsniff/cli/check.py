@@ -9,24 +9,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
-from typing import NoReturn
 
 from ..check.reports import write_json, write_junit
 from ..inputs import InputError, PartialInput, replay
+from ..model.exits import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION
 from ..safefile import UnsafeFile
-from ..sinks.check import CheckSink
-from .args import add_secret_args, build_checker, checker_wanted
-
-EXIT_PASS, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"tpmsniff check: error: {message}\n")
+from ..sinks.check import CheckSink, add_check_options, build_checker, checker_wanted
+from .args import Parser, add_auth_arg, parse_auths
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="tpmsniff check",
         description="Check captures: no secret in clear, required encryption present.",
         epilog="exit codes: 0 pass, 1 violation, 2 usage error, unreadable or partly "
@@ -38,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INPUT",
         help="captures or swtpm logs, as `tpmsniff decode` reads them",
     )
-    add_secret_args(p)
+    add_check_options(p)
+    add_auth_arg(p)
     p.add_argument(
         "--allow-partial",
         action="store_true",
@@ -59,7 +53,8 @@ def main(argv: list[str]) -> int:
         )
         return EXIT_USAGE
     try:
-        checker, auth = build_checker(args)
+        checker = build_checker(args)
+        auth = parse_auths(args)
     except ValueError as exc:
         print(f"tpmsniff check: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -111,7 +106,7 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    return EXIT_VIOLATION if checker.failed else EXIT_PASS
+    return EXIT_VIOLATION if checker.failed else EXIT_OK
 
 
 def _read(path: str, size: int = 16 << 20) -> Iterator[bytes]:

@@ -10,28 +10,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
 
-from ..codec.sessions import parse_auth
 from ..inputs import FORMATS, InputError, replay
-from ..model import FrameConsumer
+from ..model.exits import EXIT_OK, EXIT_USAGE
 from ..pipeline import InProcessPipeline
-from ..safefile import STDOUT, describe
-from ..sinks.console import ConsoleSink
-from ..sinks.jsonl import JsonlSink
-from ..sinks.pcapng import PcapngSink
-from .args import add_auth_arg
-
-EXIT_OK, EXIT_USAGE = 0, 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"tpmsniff decode: error: {message}\n")
+from ..safefile import describe
+from .args import (
+    Parser,
+    add_auth_arg,
+    add_sink_options,
+    build_sinks,
+    parse_auths,
+    sink_context,
+    sink_formats,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog="tpmsniff decode",
         description="Decode TPM traffic from captures (pcapng, pcap: tpmsniff, swtpm --pcap, "
         "tcti-pcap, tshark/tcpdump on lo, swtpm-log-to-pcap) and swtpm --log files.",
@@ -44,17 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-format", choices=FORMATS, default="auto")
     p.add_argument(
         "--output",
-        choices=("console", "hexdump", "summary", "tree", "jsonl"),
+        choices=sink_formats(),  # the sinks that can print to stdout
         default="summary",
         help="what to print on stdout: summary (one line per message), tree (every field "
         "with its offset), console/hexdump (headers and hexdump), jsonl (default: summary)",
     )
-    p.add_argument(
-        "--pcap",
-        metavar="OUT",
-        help="also write an annotated tpmsniff pcapng (`-`: to standard output, and the "
-        "--output text to stderr)",
-    )
+    add_sink_options(p, live=False)
     add_auth_arg(p)
     return p
 
@@ -62,23 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_intermixed_args(argv)
     try:
-        auth = dict(parse_auth(a) for a in args.auth)
+        auth = parse_auths(args)
     except ValueError as exc:
         print(f"tpmsniff decode: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    out: FrameConsumer
-    text = sys.stderr if args.pcap == STDOUT else sys.stdout  # `--pcap -`: stdout is the pcapng
-    if args.output == "jsonl":
-        out = JsonlSink(out=text, flush=False)
-    else:
-        out = ConsoleSink("hexdump" if args.output == "console" else args.output, text)
-    sinks: list[FrameConsumer] = [out]
-    if args.pcap:
-        try:
-            sinks.append(PcapngSink(args.pcap))
-        except OSError as exc:
-            print(f"tpmsniff decode: error: {describe(args.pcap, exc)}", file=sys.stderr)
-            return EXIT_USAGE
+    try:  # `--pcap -`: stdout is the pcapng, the text goes to stderr
+        sinks = build_sinks(args, sink_context(args, False, sys.stdout, sys.stderr))
+    except OSError as exc:
+        print(f"tpmsniff decode: error: {describe(str(exc.filename), exc)}", file=sys.stderr)
+        return EXIT_USAGE
     pipeline = InProcessPipeline(sinks, deferred=False)
     errors: list[InputError] = []
     try:

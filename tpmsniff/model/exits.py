@@ -1,4 +1,5 @@
-"""The daemon's exit codes (docs/usage.md, `tpmsniff --help`, the man page)."""
+"""Exit codes of every front end (docs/usage.md, `--help`, the man page): the daemon uses
+all five; `decode` 0 and 2; `check` 0, 1 and 2."""
 
 from __future__ import annotations
 

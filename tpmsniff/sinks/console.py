@@ -5,13 +5,14 @@ Colour only on a TTY (and not with NO_COLOR).
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from typing import TextIO
 
 from ..codec.ctrl import BLOB_TYPES
 from ..model import Channel, ConnInfo, Direction, Frame, Verdict
-from .base import BaseSink
+from .base import BaseSink, SinkContext
 from .text import (
     BOLD,
     CYAN,
@@ -55,6 +56,27 @@ def hexdump(data: bytes, hl: range | None = None, colour: bool = False) -> list[
 
 
 class ConsoleSink(BaseSink):
+    title = "console output"
+    formats = ("console", "hexdump", "summary", "tree")
+
+    @classmethod
+    def add_options(cls, group: argparse._ArgumentGroup, live: bool) -> None:
+        if live:  # `decode --output` picks among every sink's `formats`
+            group.add_argument(
+                "--console",
+                choices=("hexdump", "summary", "tree", "none"),
+                default="hexdump",
+                help="console output: hexdump, summary (one line per message), tree (every "
+                "field with its offset) or none (default: hexdump)",
+            )
+
+    @classmethod
+    def from_options(cls, args: argparse.Namespace, ctx: SinkContext) -> ConsoleSink | None:
+        mode = args.console if ctx.live else args.output
+        if mode not in cls.formats:
+            return None
+        return cls("hexdump" if mode == "console" else mode, ctx.text)
+
     def __init__(
         self, mode: str = "hexdump", out: TextIO | None = None, colour: bool | None = None
     ):

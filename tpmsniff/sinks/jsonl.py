@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from typing import Any, TextIO
 
 from ..model import Direction, Fields, Frame, SessionFacts
 from ..safefile import open_private
-from .base import BaseSink
+from .base import BaseSink, SinkContext, check_writable
 
 
 def attrs_text(attributes: int) -> str:
@@ -106,6 +107,25 @@ def _facts(f: SessionFacts) -> dict[str, Any]:
 
 
 class JsonlSink(BaseSink):
+    title = "JSON Lines output"
+    formats = ("jsonl",)
+
+    @classmethod
+    def add_options(cls, group: argparse._ArgumentGroup, live: bool) -> None:
+        if live:  # offline: `decode --output jsonl`
+            group.add_argument("--jsonl", metavar="FILE", help="write one JSON object per message")
+
+    @classmethod
+    def check_options(cls, args: argparse.Namespace, live: bool) -> None:
+        if live and args.jsonl:
+            check_writable(args.jsonl)
+
+    @classmethod
+    def from_options(cls, args: argparse.Namespace, ctx: SinkContext) -> JsonlSink | None:
+        if not ctx.live:
+            return cls(out=ctx.text, flush=False) if args.output in cls.formats else None
+        return cls(args.jsonl) if args.jsonl else None
+
     def __init__(
         self,
         path: str | None = None,

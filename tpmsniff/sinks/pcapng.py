@@ -1,4 +1,5 @@
-"""Annotated pcapng, written with dpkt, laid out for Wireshark's TPM 2.0 dissector.
+"""Annotated pcapng, laid out for Wireshark's TPM 2.0 dissector (the blocks and frames
+are encoded with dpkt in sinks/pcapfile.py, imported only when a capture is opened).
 
 Layout (docs/pcapng.md): Ethernet/IPv4/TCP on 127.0.0.1; one synthetic TCP stream per
 proxied connection with a handshake before its first message and FIN at close; the TPM
@@ -10,21 +11,18 @@ with one unbuffered write, so a killed daemon leaves a readable file.
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import os
-import struct
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dpkt
 import structlog
-from dpkt import pcapng
 
-from .. import __version__
 from ..model import CTRL_PORT, TPM_PORT, Channel, ConnInfo, Direction, Frame, Framing
 from ..model.exits import EXIT_CAPTURE_LOST
-from ..safefile import is_stream, open_private, open_stream
-from .base import BaseSink
+from ..safefile import STDOUT, is_stream
+from .base import BaseSink, OptionError, SinkContext, check_writable
 from .text import one_line
 
 log = structlog.get_logger("tpmsniff.pcapng")
@@ -32,9 +30,12 @@ log = structlog.get_logger("tpmsniff.pcapng")
 CLIENT_PORT_BASE = 50000
 CLIENT_PORTS = 15000  # 50000..64999, then the client address moves on
 MAX_SEGMENT = 65000  # IPv4 payload limit; only control state blobs get near it
-EPB_FLAGS = 2
 INBOUND, OUTBOUND = 0b01, 0b10
-TH_SYN, TH_ACK, TH_FIN, TH_PSH = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN, dpkt.tcp.TH_PUSH
+# TCP header flags (RFC 9293 §3.1), as dpkt.tcp.TH_* (tests/unit/sinks/test_registry.py)
+TH_FIN, TH_SYN, TH_PSH, TH_ACK = 0x01, 0x02, 0x08, 0x10
+
+if TYPE_CHECKING:
+    from .pcapfile import PcapngWriter
 
 
 @dataclass(slots=True)
@@ -55,102 +56,6 @@ def stream_endpoint(conn: int) -> tuple[bytes, int]:
     port = CLIENT_PORT_BASE + n % CLIENT_PORTS
     host = 1 + (n // CLIENT_PORTS) % 65000
     return bytes([127, 0, host >> 8, host & 0xFF]), port
-
-
-class PcapngWriter:
-    """Block-level writer: SHB + IDB once, then one EPB per write() call."""
-
-    def __init__(self, path: str, append: bool = False) -> None:
-        """append: add a new section to an existing file (a valid pcapng either way)."""
-        self.path = path
-        self.stream = is_stream(path)  # `-` or a named pipe: written as it comes
-        # captures hold secrets: 0600, no symlink followed, only our own regular file
-        # (or our own named pipe)
-        self._fd = open_stream(path) if self.stream else open_private(path, append=append)
-        self.size = 0
-        shb = pcapng.SectionHeaderBlockLE(
-            opts=[
-                pcapng.PcapngOptionLE(
-                    code=pcapng.PCAPNG_OPT_SHB_USERAPPL, data=f"tpmsniff {__version__}".encode()
-                ),
-                pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_ENDOFOPT),
-            ]
-        )
-        idb = pcapng.InterfaceDescriptionBlockLE(
-            linktype=dpkt.pcap.DLT_EN10MB,
-            snaplen=0,
-            opts=[
-                pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_IF_NAME, data=b"tpmsniff"),
-                pcapng.PcapngOptionLE(
-                    code=pcapng.PCAPNG_OPT_IF_DESCRIPTION,
-                    data=b"TPM traffic relayed by tpmsniff: synthetic TCP, one message per segment",
-                ),
-                pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_IF_TSRESOL, data=b"\x06"),
-                pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_ENDOFOPT),
-            ],
-        )
-        try:
-            self._write(bytes(shb) + bytes(idb))
-        except OSError as exc:  # e.g. disk full: the capture cannot start
-            self.close()
-            raise OSError(exc.errno, exc.strerror, path) from None
-
-    def _write(self, data: bytes) -> None:
-        """Write one whole block, or none: a failed write (disk full) is cut back off, so
-        the file always ends on a complete block and stays readable. A stream (pipe) gets
-        each block as soon as it is made: nothing is buffered."""
-        start = 0 if self.stream else os.lseek(self._fd, 0, os.SEEK_END)
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
-        except OSError:
-            if not self.stream:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(self._fd, start)
-            raise
-        self.size += len(data)
-
-    def packet(self, ts: float, data: bytes, comment: str, flags: int) -> None:
-        us = round(ts * 1e6)
-        epb = pcapng.EnhancedPacketBlockLE(
-            ts_high=us >> 32,
-            ts_low=us & 0xFFFFFFFF,
-            pkt_data=data,
-            opts=[
-                pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_COMMENT, text=comment),
-                pcapng.PcapngOptionLE(code=EPB_FLAGS, data=struct.pack("<I", flags)),
-                pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_ENDOFOPT),
-            ],
-        )
-        self._write(bytes(epb))
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-def _segment(
-    src: bytes,
-    dst: bytes,
-    sport: int,
-    dport: int,
-    seq: int,
-    ack: int,
-    flags: int,
-    payload: bytes = b"",
-) -> bytes:
-    tcp = dpkt.tcp.TCP(
-        sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, win=65535, data=payload
-    )
-    ip = dpkt.ip.IP(src=src, dst=dst, p=dpkt.ip.IP_PROTO_TCP, ttl=64, df=1, data=tcp)
-    ip.len = 20 + len(tcp)
-    eth = dpkt.ethernet.Ethernet(
-        src=b"\x00" * 6, dst=b"\x00" * 6, type=dpkt.ethernet.ETH_TYPE_IP, data=ip
-    )
-    return bytes(eth)
 
 
 def parse_rotate(text: str) -> tuple[int, int | None]:
@@ -186,7 +91,71 @@ class PcapngSink(BaseSink):
     streams get a fresh handshake in each new file.
     """
 
+    title = "pcapng capture"
+
+    @classmethod
+    def add_options(cls, group: argparse._ArgumentGroup, live: bool) -> None:
+        if not live:
+            group.add_argument(
+                "--pcap",
+                metavar="OUT",
+                help="also write an annotated tpmsniff pcapng (`-`: to standard output, and the "
+                "--output text to stderr)",
+            )
+            return
+        group.add_argument(
+            "--pcap",
+            metavar="FILE",
+            help="write an annotated pcapng (mode 0600); `-` streams it to standard output (the "
+            "console then goes to stderr) and a named pipe gets it message by message, e.g. "
+            "for `wireshark -k -i -`",
+        )
+        group.add_argument(
+            "--pcap-rotate",
+            metavar="size=N[K|M|G][,count=N]",
+            help="ring buffer like dumpcap -b: a new file every N bytes, keeping at most count "
+            "files named FILE_NNNNN_YYYYmmddHHMMSS.pcapng",
+        )
+
+    @classmethod
+    def check_options(cls, args: argparse.Namespace, live: bool) -> None:
+        if not live:
+            return  # `decode` opens it at once and says why it cannot
+        if args.pcap_rotate:
+            if not args.pcap:
+                raise OptionError("--pcap-rotate needs --pcap")
+            if is_stream(args.pcap):
+                raise OptionError("--pcap-rotate needs a file, not a pipe or standard output")
+            try:
+                parse_rotate(args.pcap_rotate)
+            except ValueError as exc:
+                raise OptionError(str(exc)) from None
+            folder = os.path.dirname(os.path.abspath(args.pcap))
+            if not os.access(folder, os.W_OK):
+                raise OptionError(f"capture directory {folder}: not writable")
+            return  # the ring's files are named from --pcap
+        if args.pcap and not is_stream(args.pcap):  # `-`, a pipe: opened by the sink
+            check_writable(args.pcap)
+
+    @classmethod
+    def takes_stdout(cls, args: argparse.Namespace) -> bool:
+        return bool(args.pcap == STDOUT)
+
+    @classmethod
+    def waits_on_open(cls, args: argparse.Namespace) -> bool:
+        return bool(args.pcap) and is_stream(args.pcap)  # a named pipe waits for its reader
+
+    @classmethod
+    def from_options(cls, args: argparse.Namespace, ctx: SinkContext) -> PcapngSink | None:
+        if not args.pcap:
+            return None
+        rotate = args.pcap_rotate if ctx.live else None
+        return cls(args.pcap, parse_rotate(rotate) if rotate else None)
+
     def __init__(self, path: str, rotate: tuple[int, int | None] | None = None) -> None:
+        from .pcapfile import segment  # dpkt: imported with the first capture, not before
+
+        self._segment = segment
         self.path = path
         self.rotate = rotate
         self._ring: list[str] = []
@@ -197,6 +166,8 @@ class PcapngSink(BaseSink):
         self._w = self._open(first=True)
 
     def _open(self, first: bool = False) -> PcapngWriter:
+        from .pcapfile import PcapngWriter
+
         if self.rotate is None:
             return PcapngWriter(self.path, append=not first)
         self._n += 1
@@ -252,17 +223,17 @@ class PcapngSink(BaseSink):
         c, s = st.client_ip, b"\x7f\x00\x00\x01"
         cp, sp = st.client_port, st.server_port
         self._emit(
-            ts, _segment(c, s, cp, sp, st.cseq - 1, 0, TH_SYN), f"{st.label}: open", OUTBOUND
+            ts, self._segment(c, s, cp, sp, st.cseq - 1, 0, TH_SYN), f"{st.label}: open", OUTBOUND
         )
         self._emit(
             ts,
-            _segment(s, c, sp, cp, st.sseq - 1, st.cseq, TH_SYN | TH_ACK),
+            self._segment(s, c, sp, cp, st.sseq - 1, st.cseq, TH_SYN | TH_ACK),
             f"conn {st.conn} open (SYN+ACK)",
             INBOUND,
         )
         self._emit(
             ts,
-            _segment(c, s, cp, sp, st.cseq, st.sseq, TH_ACK),
+            self._segment(c, s, cp, sp, st.cseq, st.sseq, TH_ACK),
             f"conn {st.conn} open (ACK)",
             OUTBOUND,
         )
@@ -275,19 +246,19 @@ class PcapngSink(BaseSink):
         cp, sp = st.client_port, st.server_port
         self._emit(
             ts,
-            _segment(c, s, cp, sp, st.cseq, st.sseq, TH_FIN | TH_ACK),
+            self._segment(c, s, cp, sp, st.cseq, st.sseq, TH_FIN | TH_ACK),
             f"conn {conn} close (FIN)",
             OUTBOUND,
         )
         self._emit(
             ts,
-            _segment(s, c, sp, cp, st.sseq, st.cseq + 1, TH_FIN | TH_ACK),
+            self._segment(s, c, sp, cp, st.sseq, st.cseq + 1, TH_FIN | TH_ACK),
             f"conn {conn} close (FIN+ACK)",
             INBOUND,
         )
         self._emit(
             ts,
-            _segment(c, s, cp, sp, st.cseq + 1, st.sseq + 1, TH_ACK),
+            self._segment(c, s, cp, sp, st.cseq + 1, st.sseq + 1, TH_ACK),
             f"conn {conn} close (ACK)",
             OUTBOUND,
         )
@@ -330,11 +301,11 @@ class PcapngSink(BaseSink):
         c, s = st.client_ip, b"\x7f\x00\x00\x01"
         fl = TH_PSH | TH_ACK
         if f.direction is Direction.COMMAND:
-            pkt = _segment(c, s, st.client_port, st.server_port, st.cseq, st.sseq, fl, payload)
+            pkt = self._segment(c, s, st.client_port, st.server_port, st.cseq, st.sseq, fl, payload)
             st.cseq = (st.cseq + len(payload)) & 0xFFFFFFFF
             self._emit(f.ts, pkt, comment, OUTBOUND)
         else:
-            pkt = _segment(s, c, st.server_port, st.client_port, st.sseq, st.cseq, fl, payload)
+            pkt = self._segment(s, c, st.server_port, st.client_port, st.sseq, st.cseq, fl, payload)
             st.sseq = (st.sseq + len(payload)) & 0xFFFFFFFF
             self._emit(f.ts, pkt, comment, INBOUND)
 

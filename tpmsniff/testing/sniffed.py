@@ -14,7 +14,8 @@ from ..check.checker import Checker
 from ..check.requirements import Requirement
 from ..check.secrets import Secret
 from ..check.sensitive import SensitivePolicy
-from ..cli.daemon import build_parser, make_pipeline, serve
+from ..cli.daemon import build_parser
+from ..cli.service import Daemon
 from ..inputs import replay_frames
 from ..model import Direction, Frame
 from ..sinks.base import BaseSink
@@ -66,7 +67,7 @@ class SniffedTPM:
         args = build_parser().parse_args(argv + (extra or []))
         self._collected = _Collector()
         self.frames = self._collected.frames
-        self._pipeline = make_pipeline(args, extra=[self._collected])
+        self._daemon = Daemon(args, extra=[self._collected])
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,7 +76,7 @@ class SniffedTPM:
         async def run() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            await serve(args, self._pipeline, stop=self._stop, ready=lambda _r: self._ready.set())
+            await self._daemon.serve(stop=self._stop, ready=lambda _r: self._ready.set())
 
         def thread() -> None:
             try:
@@ -103,7 +104,7 @@ class SniffedTPM:
         if self._loop is not None and self._stop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(30)
-        self._pipeline.close()
+        self._daemon.close()
 
     # -- assertions -------------------------------------------------------------
     def assert_no_plaintext(self, *secrets: bytes | str) -> None:

@@ -96,6 +96,27 @@ class Passthrough:
         return []
 
 
+class Guarded:
+    """Runs a connection's channel machine: if the machine raises (a bug), the error is
+    logged (rate-limited, `machine_errors`) and the connection is relayed byte for byte
+    from then on. A client (or QEMU's VM) must not pay for a decoder bug."""
+
+    sm: ChannelMachine
+    conn: int
+    machine_errors: RateLimited
+
+    def machine_call(
+        self, call: Callable[[], tuple[list[bytes], list[Event]]], data: bytes | None
+    ) -> tuple[list[bytes], list[Event]]:
+        """`data`: the client bytes to pass on if the machine fails on them."""
+        try:
+            return call()
+        except Exception as exc:
+            self.machine_errors.warning(conn=self.conn, error=repr(exc))
+            self.sm = Passthrough(self.sm.channel)
+            return ([data] if data else []), []
+
+
 Connector = Callable[[Callable[[], asyncio.Protocol]], Awaitable[tuple[asyncio.BaseTransport, Any]]]
 
 
@@ -153,11 +174,13 @@ class Upstream(asyncio.Protocol):
         self.client.resume()
 
 
-class ClientConn(asyncio.BufferedProtocol):
+class ClientConn(Guarded, asyncio.BufferedProtocol):
     """The client side of one relayed connection and its channel state machine.
 
     Reads are at most MAX_QUEUED_BYTES, and reading stops while the machine is `full`, so
     what a client sends beyond that waits in the kernel."""
+
+    machine_errors = _relay_errors
 
     def __init__(
         self,
@@ -255,18 +278,6 @@ class ClientConn(asyncio.BufferedProtocol):
         if self.sm.full and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
-
-    def machine_call(
-        self, call: Callable[[], tuple[list[bytes], list[Event]]], data: bytes | None
-    ) -> tuple[list[bytes], list[Event]]:
-        """Run the channel machine; if it raises (a bug), log it (rate-limited) and relay
-        this connection byte for byte from now on (`data`: client bytes to pass on)."""
-        try:
-            return call()
-        except Exception as exc:
-            _relay_errors.warning(conn=self.conn, error=repr(exc))
-            self.sm = Passthrough(self.sm.channel)
-            return ([data] if data else []), []
 
     def publish(self, events: list[Event]) -> None:
         """Hand events to the pipeline; nothing it raises reaches the relay."""

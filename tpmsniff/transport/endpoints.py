@@ -1,4 +1,5 @@
-"""Checks and preparation of listen and upstream endpoints before relaying starts."""
+"""Listen and upstream endpoints: checks before relaying starts, and the one way every
+relay path (Python data and control, QEMU control, the native relay) connects upstream."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import os
 import socket
 import stat
+from typing import Any
 
 from .addresses import Address
 from .errors import StartupError
@@ -54,3 +56,23 @@ def prepare_unix_path(path: str) -> None:
     finally:
         probe.close()
     raise StartupError(f"listen unix:{path}: address already in use")
+
+
+async def connect_upstream(addr: Address) -> socket.socket:
+    """A non-blocking socket connected to `addr` (TCP with TCP_NODELAY: the relay forwards
+    each piece as it comes, so Nagle must not hold it back). Raises OSError."""
+    loop = asyncio.get_running_loop()
+    if addr.kind == "unix":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: Any = addr.path
+    else:
+        s = socket.socket(socket.AF_INET6 if ":" in addr.host else socket.AF_INET)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        target = (addr.host, addr.port)
+    s.setblocking(False)
+    try:
+        await loop.sock_connect(s, target)
+    except BaseException:
+        s.close()
+        raise
+    return s

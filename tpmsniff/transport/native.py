@@ -22,6 +22,7 @@ import structlog
 from .._native import NativeUnavailable, load
 from ..model import Channel, ConnInfo, Direction, EventSink, Framing
 from .addresses import Address
+from .endpoints import connect_upstream
 from .errors import StartupError
 from .limits import guarded
 
@@ -90,7 +91,7 @@ class NativeRelay:
         """Connect upstream for the client `sock` (whose first bytes are `early`) and let
         the C thread relay the pair."""
         try:
-            up = await connect(upstream)
+            up = await connect_upstream(upstream)
         except OSError as exc:
             log.warning(
                 "upstream connect failed; closing client",
@@ -199,24 +200,6 @@ class NativeRelay:
         self._h = None
         os.close(self._r)
         os.close(self._w)
-
-
-async def connect(address: Address) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    if address.kind == "unix":
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: Any = address.path
-    else:
-        fam = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        target = (address.host, address.port)
-    s.setblocking(False)
-    try:
-        await loop.sock_connect(s, target)
-    except BaseException:
-        s.close()
-        raise
-    return s
 
 
 class Ordered:

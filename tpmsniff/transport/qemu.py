@@ -21,11 +21,12 @@ from typing import Any
 
 import structlog
 
-from ..codec.channels import CtrlChannel, DataChannel
+from ..codec.channels import CtrlChannel
 from ..codec.ctrl import Cmd
 from ..codec.roles import SET_DATAFD
 from ..model import Channel, ConnInfo, Direction, Event
-from .conn import ClientConn, Passthrough, RelayContext
+from .conn import ChannelMachine, ClientConn, Guarded, RelayContext
+from .endpoints import connect_upstream
 from .fdpass import recv_with_fds, wait_fd
 from .limits import RateLimited, guarded
 
@@ -33,8 +34,10 @@ log = structlog.get_logger("tpmsniff.qemu")
 _session_errors = RateLimited(log, "qemu control channel error; relaying byte for byte")
 
 
-class QemuCtrlSession:
+class QemuCtrlSession(Guarded):
     """One QEMU control connection, its upstream swtpm control connection and data bridge."""
+
+    machine_errors = _session_errors
 
     def __init__(
         self, relay: RelayContext, csock: socket.socket, first: bytes, fds: list[int]
@@ -44,7 +47,7 @@ class QemuCtrlSession:
         self.first = first
         self.first_fds = fds
         self.usock: socket.socket | None = None
-        self.sm = CtrlChannel()
+        self.sm: ChannelMachine = CtrlChannel()
         self.conn = relay.counter.next()
         self.bridge: ClientConn | None = None
         self._closed = False
@@ -52,17 +55,9 @@ class QemuCtrlSession:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         up = self.relay.upstream
-        if up.kind == "unix":
-            usock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            where: str | tuple[str, int] = up.path
-        else:
-            usock = socket.socket(socket.AF_INET6 if ":" in up.host else socket.AF_INET)
-            where = (up.host, up.port)
-        usock.setblocking(False)
         try:
-            await loop.sock_connect(usock, where)
+            usock = await connect_upstream(up)
         except OSError as exc:
-            usock.close()
             log.warning(
                 "upstream connect failed; closing client",
                 conn=self.conn,
@@ -87,7 +82,7 @@ class QemuCtrlSession:
         except OSError as exc:  # either side went away mid-message: close both
             log.info("qemu control channel error", conn=self.conn, error=exc.strerror or str(exc))
         finally:
-            writes, events = self._machine(self.sm.client_eof, None)
+            writes, events = self.machine_call(self.sm.client_eof, None)
             for w in writes:
                 with contextlib.suppress(OSError):
                     await loop.sock_sendall(usock, w)
@@ -96,23 +91,11 @@ class QemuCtrlSession:
             down.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await down
-            self._publish(self._machine(lambda: ([], self.sm.server_eof()), None)[1])
+            self._publish(self.machine_call(lambda: ([], self.sm.server_eof()), None)[1])
             guarded(lambda: p.conn_close(self.conn, time.time()))
             usock.close()
             self.csock.close()
             log.info("qemu control channel closed", conn=self.conn)
-
-    def _machine(
-        self, call: Callable[[], tuple[list[bytes], list[Event]]], data: bytes | None
-    ) -> tuple[list[bytes], list[Event]]:
-        """The control machine; if it raises (a bug), this session relays byte for byte
-        from then on (logged, rate-limited): QEMU's VM must not pay for a decoder bug."""
-        try:
-            return call()
-        except Exception as exc:
-            _session_errors.warning(conn=self.conn, error=repr(exc))
-            self.sm = Passthrough(Channel.CTRL)  # type: ignore[assignment]
-            return ([data] if data else []), []
 
     def _publish(self, events: list[Event], ts: float | None = None) -> None:
         if events:
@@ -126,7 +109,7 @@ class QemuCtrlSession:
     async def _from_client(self, data: bytes, fds: list[int]) -> None:
         loop = asyncio.get_running_loop()
         ts = time.time()
-        writes, events = self._machine(lambda: self.sm.from_client(data), data)
+        writes, events = self.machine_call(lambda: self.sm.from_client(data), data)
         for w in writes:
             if w == SET_DATAFD and fds:
                 await self._set_datafd(fds.pop(0))
@@ -162,8 +145,8 @@ class QemuCtrlSession:
 
         _, self.bridge = await loop.connect_accepted_socket(
             lambda: ClientConn(
-                self.relay,
-                DataChannel(),
+                self.relay,  # its data machine: DataChannel(--max-message)
+                None,
                 connect_mine,
                 peer=f"qemu-data (ctrl conn {self.conn})",
                 upstream="swtpm data fd",
@@ -179,7 +162,7 @@ class QemuCtrlSession:
                 if not data:
                     break
                 await loop.sock_sendall(self.csock, data)  # forward first, unsplit
-                _, events = self._machine(partial(self.sm.from_server, data), None)
+                _, events = self.machine_call(partial(self.sm.from_server, data), None)
                 self._publish(events)
                 for ev in events:
                     if (

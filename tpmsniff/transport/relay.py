@@ -22,7 +22,7 @@ from ..codec.roles import detect_role
 from ..model import EventSink
 from .addresses import Address
 from .conn import ChannelMachine, ClientConn, ConnCounter
-from .endpoints import prepare_unix_path
+from .endpoints import connect_upstream, prepare_unix_path
 from .errors import StartupError
 from .fdpass import recv_with_fds
 from .limits import RateLimited
@@ -83,7 +83,6 @@ class Relay:
         self.native = native  # relays TPM data connections in C (--relay native)
         self.clients: set[ClientConn] = set()
         self.sessions: set[QemuCtrlSession] = set()
-        self.server: asyncio.Server | None = None
         self._lsock: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,10 +116,12 @@ class Relay:
     async def connect_upstream(
         self, factory: Callable[[], asyncio.Protocol]
     ) -> tuple[asyncio.BaseTransport, Any]:
-        loop = asyncio.get_running_loop()
-        if self.upstream.kind == "unix":
-            return await loop.create_unix_connection(factory, self.upstream.path)
-        return await loop.create_connection(factory, self.upstream.host, self.upstream.port)
+        sock = await connect_upstream(self.upstream)
+        try:
+            return await asyncio.get_running_loop().connect_accepted_socket(factory, sock)
+        except BaseException:
+            sock.close()
+            raise
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -264,14 +265,12 @@ class Relay:
             self._held.discard(sock)
 
     def stop_accepting(self) -> None:
-        if self.server is not None:
-            self.server.close()
         if self._accepting is not None:
             self._accepting.cancel()
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None
-        if (self.server is not None or self._accepting is not None) and self.listen.kind == "unix":
+        if self._accepting is not None and self.listen.kind == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(self.listen.path)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tpmsniff.inputs.pcapng import CaptureError, read_pcapng
-from tpmsniff.sinks.pcapng import PcapngWriter
+from tpmsniff.sinks.pcapfile import PcapngWriter
 
 
 def _pcapng_with(tmp_path: Path, extra: bytes) -> tuple[Path, int, int]:

@@ -12,7 +12,8 @@ from tpmsniff.codec.annotate import Annotator
 from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.model import Channel, ConnInfo, Direction, Event, Framing, Message
 from tpmsniff.safefile import UnsafeFile
-from tpmsniff.sinks.pcapng import PcapngSink, PcapngWriter
+from tpmsniff.sinks.pcapfile import PcapngWriter
+from tpmsniff.sinks.pcapng import PcapngSink
 
 CMD = bytes.fromhex("80010000000c0000017b0008")
 RSP = bytes.fromhex("8001000000140000000000080102030405060708")

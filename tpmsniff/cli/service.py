@@ -1,0 +1,318 @@
+"""The running daemon: `Daemon` holds its listeners (one `Relay` per listen address), the
+pipeline they feed, its signals, readiness (READY=1) and exit code.
+
+A `Daemon` is made before any event loop exists (the capture worker forks then); `serve`
+relays until SIGTERM/SIGINT or `stop`; `close` closes the pipeline and says how the run
+ended. `run` is the whole life, as `tpmsniff --listen ...` lives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import structlog
+
+from .. import __version__
+from ..codec.channels import CtrlChannel, DataChannel
+from ..model import FrameConsumer
+from ..model.exits import EXIT_OK, EXIT_STARTUP
+from ..pipeline.interface import FramePipeline
+from ..pipeline.worker import (
+    WorkerPipeline,
+    WorkerStartError,
+    announce_started,
+    start_error_text,
+)
+from ..sinks.base import OptionError
+from ..transport.addresses import Address, AddressError, parse_address
+from ..transport.conn import ConnCounter
+from ..transport.endpoints import check_unix_upstream, check_upstream
+from ..transport.errors import StartupError
+from ..transport.native import NativeRelay, Ordered
+from ..transport.notify import notify
+from ..transport.relay import Relay
+from .args import build_sinks, check_sink_options, parse_auths, sink_context, sinks_wait_on_open
+
+if TYPE_CHECKING:
+    from ..pipeline.inprocess import InProcessPipeline
+
+log = structlog.get_logger("tpmsniff")
+
+ROLES = {"auto": "auto", "qemu": "qemu", "swtpm": "data"}  # --mode -> Relay role
+DRAIN_POLLS, DRAIN_POLL = 40, 0.05  # at stop: in-flight pairs may finish (<= 2 s)
+
+
+def make_pipeline(args: argparse.Namespace, extra: Sequence[FrameConsumer] = ()) -> FramePipeline:
+    """Decoding and sinks run in a worker process unless --in-process is given. `extra`
+    sinks (the pytest plugin's collector) need --in-process to be of use. Every option
+    is checked here, before the worker forks: StartupError (exit 3) if one cannot work."""
+    try:
+        check_sink_options(args, live=True)
+        auth = parse_auths(args)
+    except (OptionError, ValueError) as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        if args.in_process:
+            return _in_process(args, extra, auth)
+        return WorkerPipeline(lambda: _in_process(args, extra, auth, deferred=False))
+    except OSError as exc:  # an output that cannot be opened or whose header fails
+        raise StartupError(start_error_text(exc)) from None
+
+
+def _in_process(
+    args: argparse.Namespace,
+    extra: Sequence[FrameConsumer],
+    auth: dict[int, bytes],
+    **kw: bool,
+) -> InProcessPipeline:
+    if sinks_wait_on_open(args):
+        announce_started()  # opening a named pipe waits for its reader: READY=1 first
+    # with `--pcap -` standard output carries the capture: the console goes to stderr
+    ctx = sink_context(args, True, sys.stdout, sys.stderr)
+    sinks = [*build_sinks(args, ctx), *extra]  # first: the capture files exist with a header
+    announce_started()  # (in the worker) the daemon may say READY=1 now
+    from ..codec.annotate import Annotator  # then the decoder (tpm2-pytss: the slow import)
+    from ..pipeline.inprocess import InProcessPipeline
+
+    return InProcessPipeline(sinks, Annotator(auth), **kw)
+
+
+def _addr(text: str, what: str) -> Address:
+    try:
+        return parse_address(text)
+    except AddressError as exc:
+        raise StartupError(f"{what}: {exc}") from None
+
+
+def parse_owner(text: str) -> tuple[int, int]:
+    """USER[:GROUP] -> (uid, gid); -1 keeps the current one."""
+    import grp
+    import pwd
+
+    user, _, group = text.partition(":")
+    try:
+        uid = pwd.getpwnam(user).pw_uid if user else -1
+        gid = grp.getgrnam(group).gr_gid if group else -1
+    except KeyError as exc:
+        raise StartupError(f"--listen-owner {text}: no such user or group {exc}") from None
+    return uid, gid
+
+
+async def _companion(
+    args: argparse.Namespace, listen: Address, upstream: Address
+) -> tuple[Address, Address] | None:
+    """The control channel's (listen, upstream) pair, or None when there is none."""
+    if args.listen_ctrl == "none":
+        return None
+    lc = _addr(args.listen_ctrl, "--listen-ctrl") if args.listen_ctrl else listen.companion()
+    if args.upstream_ctrl:
+        uc = _addr(args.upstream_ctrl, "--upstream-ctrl")
+        await check_upstream(uc)
+        return lc, uc
+    uc = upstream.companion()
+    try:
+        if uc.kind == "unix":
+            check_unix_upstream(uc)
+        else:
+            await check_upstream(uc, timeout=1.0)
+    except StartupError:
+        if args.listen_ctrl:
+            raise
+        log.info("no upstream control channel; not relaying one", upstream_ctrl=str(uc))
+        return None
+    return lc, uc
+
+
+class Daemon:
+    """One tpmsniff relay: its listeners, the pipeline they feed, signals, readiness and
+    exit code."""
+
+    def __init__(self, args: argparse.Namespace, extra: Sequence[FrameConsumer] = ()) -> None:
+        """Checks every option and starts the pipeline (forks the capture worker, so
+        before any event loop). Raises StartupError."""
+        self.args = args
+        self.pipeline = make_pipeline(args, extra)
+        self.relays: list[Relay] = []
+        self.native: NativeRelay | None = None
+
+    async def serve(
+        self,
+        stop: asyncio.Event | None = None,
+        ready: Callable[[list[Relay]], None] | None = None,
+    ) -> int:
+        """Relay until SIGTERM/SIGINT (or `stop` is set, for in-process use); `ready` is
+        called with the listeners once READY=1 is sent."""
+        args = self.args
+        listen = _addr(args.listen, "--listen")
+        upstream = _addr(args.upstream, "--upstream")
+        owner = parse_owner(args.listen_owner) if args.listen_owner else None
+        await check_upstream(upstream)
+        companion = await _companion(args, listen, upstream)
+        pipeline = self._start_native()
+        try:
+            self.relays = self._listeners(pipeline, listen, upstream, owner, companion)
+            await self._listen()
+            if stop is None:
+                stop = self._signals(pipeline)
+            await self._until_started(pipeline, stop)
+            log.info(
+                "ready",
+                listen=str(listen),
+                upstream=str(upstream),
+                ctrl=f"{companion[0]} -> {companion[1]}" if companion else None,
+                pcap=args.pcap,
+                version=__version__,
+            )
+            notify("READY=1")
+            if ready is not None:
+                ready(self.relays)
+            await stop.wait()
+            await self._shutdown()
+            return EXIT_OK
+        finally:
+            if self.native is not None:
+                self.native.close()  # every record it made reaches the pipeline before
+
+    def close(self) -> int:
+        """Close the pipeline (flushes every output); its exit code (0, 1 or 4)."""
+        return self.pipeline.close()
+
+    # -- the steps of serve() ------------------------------------------------------------
+    def _start_native(self) -> FramePipeline:
+        """The C relay for TPM data connections (--relay), and the pipeline the Python
+        side then writes to: its records take the native relay's made before them."""
+        args = self.args
+        if args.relay != "python":
+            try:
+                self.native = NativeRelay(self.pipeline, args.max_message)
+            except StartupError as exc:
+                if args.relay == "native":
+                    raise
+                log.warning("relaying in Python: native relay unavailable", reason=str(exc))
+        if self.native is None:
+            return self.pipeline
+        return cast(FramePipeline, Ordered(self.pipeline, self.native))
+
+    def _listeners(
+        self,
+        pipeline: FramePipeline,
+        listen: Address,
+        upstream: Address,
+        owner: tuple[int, int] | None,
+        companion: tuple[Address, Address] | None,
+    ) -> list[Relay]:
+        args = self.args
+        counter = ConnCounter()  # connection numbers unique across listeners
+        common: dict[str, Any] = {
+            "listen_mode": args.listen_mode,
+            "listen_owner": owner,
+            "max_connections": args.max_connections,
+        }
+        relays = [
+            Relay(
+                listen,
+                upstream,
+                lambda: DataChannel(args.max_message),
+                pipeline,
+                counter,
+                role=ROLES[args.mode],
+                native=self.native,
+                **common,
+            )
+        ]
+        if companion:
+            lc, uc = companion
+            relays.append(Relay(lc, uc, CtrlChannel, pipeline, counter, role="ctrl", **common))
+        return relays
+
+    async def _listen(self) -> None:
+        try:
+            for r in self.relays:
+                await r.start()
+        except StartupError:
+            for r in self.relays:
+                r.stop_accepting()
+            raise
+
+    def _signals(self, pipeline: FramePipeline) -> asyncio.Event:
+        """SIGTERM/SIGINT stop; SIGHUP reopens the capture files (logrotate `create`)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: reopen(pipeline))
+        return stop
+
+    async def _until_started(self, pipeline: FramePipeline, stop: asyncio.Event) -> None:
+        """Relaying already; READY=1 once the capture files are open (or a stop request).
+        An output that failed to open: StartupError (exit 3)."""
+        starting = asyncio.ensure_future(pipeline.started())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if starting.done() and starting.exception() is not None:
+            exc = starting.exception()
+            for r in self.relays:
+                r.stop_accepting()
+                r.close_all()
+            if isinstance(exc, WorkerStartError):  # an output could not be opened: exit 3
+                raise StartupError(str(exc))
+            raise cast(BaseException, exc)
+        starting.cancel()
+
+    async def _shutdown(self) -> None:
+        notify("STOPPING=1")
+        log.info("stopping", busy=any(r.busy for r in self.relays))
+        for r in self.relays:
+            r.stop_accepting()
+        for _ in range(DRAIN_POLLS):  # let in-flight request/response pairs finish
+            if not any(r.busy for r in self.relays):
+                break
+            await asyncio.sleep(DRAIN_POLL)
+        for r in self.relays:
+            r.close_all()
+        await asyncio.sleep(0)
+
+
+def reopen(pipeline: FramePipeline) -> None:
+    """SIGHUP: start a new capture file at the configured path (logrotate `create`)."""
+    log.info("SIGHUP: reopening capture files")
+    pipeline.control("reopen")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The daemon's whole life: start, relay until stopped, close; the exit code."""
+    daemon = None
+    sink_code = EXIT_OK
+    try:
+        daemon = Daemon(args)  # forks the worker: before any event loop exists
+        code = run_loop(daemon.serve())
+    except StartupError as exc:
+        print(f"tpmsniff: error: {exc}", file=sys.stderr)
+        code = EXIT_STARTUP
+    except KeyboardInterrupt:
+        code = EXIT_OK
+    finally:
+        if daemon is not None:
+            sink_code = daemon.close()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+    if code == EXIT_OK:
+        code = sink_code
+        log.info("stopped", exit_code=code)
+    return code
+
+
+def run_loop(coro: Coroutine[Any, Any, int]) -> int:
+    """uvloop when installed (it roughly halves the relay's own overhead), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
