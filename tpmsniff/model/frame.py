@@ -46,7 +46,7 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SessionFacts:
-    """What tpmsniff knows of a session from its StartAuthSession (see sessions.py)."""
+    """What tpmsniff knows of a session from its StartAuthSession (see codec/sessions/)."""
 
     handle: int
     type: str  # "hmac" | "policy" | "trial" | "password" | "unknown"
