@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from ..check.reports import write_json, write_junit
 from ..inputs import InputError, PartialInput, replay
+from ..inputs.pcapng import own_comment_spans
 from ..safefile import UnsafeFile
 from ..sinks.check import CheckSink
 from .args import add_secret_args, build_checker, checker_wanted
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
     if checker.secrets:
         for path in args.inputs:  # fail closed: the file's bytes, whatever parsed
             try:
-                checker.scan_raw(path, _read(path))
+                checker.scan_raw(path, _read(path), own_comment_spans(path))
             except InputError as exc:
                 if not any(str(e) == str(exc) for e in errors):
                     errors.append(exc)

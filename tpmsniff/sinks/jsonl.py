@@ -49,6 +49,10 @@ def frame_to_dict(f: Frame, file: str | None = None) -> dict[str, Any]:
             d["strength"] = t.param.strength
         if t.param.proof:
             d["proof"] = t.param.proof
+        if t.param.plaintext:
+            d["plaintext"] = t.param.plaintext
+        if t.param.note:
+            d["note"] = t.param.note
         if t.param.recovered is not None:
             d["recovered_hex"] = t.param.recovered.hex()
         if t.header_only:

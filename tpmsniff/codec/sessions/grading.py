@@ -1,7 +1,12 @@
 """Grading the first parameter of a message whose session asks for encryption
 (docs/verdicts.md): ENCRYPTED (no observer can derive the key), WEAK (one can: the
 plaintext is recovered), or UNKNOWN (the session's start was not seen, or its HMAC
-does not verify with the derivable key)."""
+does not verify with the derivable key).
+
+The flag is not the verdict: the bytes are (plaintext.py). A structured parameter whose
+wire bytes parse exactly, while its decryption does not (or no key is known), was sent
+in clear despite the flag: PLAINTEXT. A WEAK decryption that does not parse, of wire
+bytes that do not either, is UNKNOWN: the key tpmsniff derived is not the one used."""
 
 from __future__ import annotations
 
@@ -9,10 +14,23 @@ from dataclasses import replace
 
 from ...model import Param, TpmInfo, Verdict
 from .decrypt import decrypt_first
-from .handles import TPM_RH_NULL, authorised_entity
+from .handles import DECRYPT, TPM_RH_NULL, authorised_entity
 from .keys import Candidate
+from .plaintext import Shape, inner_type, is_structured, shape
 from .proof import Check
 from .table import SessionTable
+
+
+def _in_clear(p: Param, handle: int | None, flag: int, why: str) -> Param:
+    what = "decrypt" if flag == DECRYPT else "encrypt"
+    return replace(
+        p,
+        verdict=Verdict.PLAINTEXT,
+        session=handle,
+        strength=f"sent in clear despite the {what} attribute ({why})",
+        plaintext=Shape.PARSED.value,
+        recovered=None,
+    )
 
 
 def grade(
@@ -25,6 +43,27 @@ def grade(
 ) -> Param:
     """The verdict on `info`'s first parameter; `flag` is DECRYPT (a command) or ENCRYPT
     (a response, whose command is `cmd`)."""
+    p = info.param
+    g = _grade_key(table, info, msg, flag, checks, cmd)
+    if g.verdict not in (Verdict.ENCRYPTED, Verdict.UNKNOWN) or g is p:
+        return g
+    if p.offset is None or not p.size or not is_structured(p.type_name):
+        return g
+    wire = msg[p.offset + 2 : p.offset + 2 + p.size]
+    if shape(p.type_name, wire) is Shape.PARSED:  # no key known, and the bytes are plain
+        return _in_clear(g, g.session, flag, g.strength or "")
+    return g
+
+
+def _grade_key(
+    table: SessionTable,
+    info: TpmInfo,
+    msg: bytes,
+    flag: int,
+    checks: dict[int, Check],
+    cmd: TpmInfo | None = None,
+) -> Param:
+    """The verdict from what an observer knows of the session's key."""
     p = info.param
     if p.verdict is not Verdict.ENCRYPTED:
         return p
@@ -73,11 +112,26 @@ def grade(
     how = value.key_src
     if value.auth is not None:
         how += f"; entity {value.auth[1]} authValue"
-    return replace(
+    weak = replace(
         p,
         verdict=Verdict.WEAK,
         session=s.handle,
         strength=f"{sym}, {how}",
         recovered=recovered,
         proof=proof,
+    )
+    if not is_structured(p.type_name) or p.offset is None:
+        return weak  # a byte string: any decryption reads as one
+    if recovered is not None and shape(p.type_name, recovered) is Shape.PARSED:
+        return replace(weak, plaintext=Shape.PARSED.value)
+    wire = msg[p.offset + 2 : p.offset + 2 + (p.size or 0)]
+    if shape(p.type_name, wire) is Shape.PARSED:
+        return _in_clear(weak, s.handle, flag, f"{sym}, {how}")
+    inner = inner_type(p.type_name)
+    return replace(
+        weak,
+        verdict=Verdict.UNKNOWN,
+        recovered=None,
+        strength=f"{sym}, {how}: decrypted bytes do not parse as "
+        f"{getattr(inner, '__name__', p.type_name)}",
     )

@@ -20,7 +20,7 @@ from .handles import HIERARCHIES, auth_handle_count
 from .proof import Check
 from .table import Pending, SessionTable
 
-CC_FLUSH = TPM2_CC.FlushContext
+CC_FLUSH, CC_CONTEXT_SAVE = TPM2_CC.FlushContext, TPM2_CC.ContextSave
 CC_LOAD, CC_LOAD_EXTERNAL, CC_CONTEXT_LOAD = TPM2_CC.Load, TPM2_CC.LoadExternal, TPM2_CC.ContextLoad
 CC_POLICY_AUTH_VALUE, CC_POLICY_PASSWORD, CC_POLICY_RESTART = (
     TPM2_CC.PolicyAuthValue,
@@ -81,6 +81,8 @@ def learn(table: SessionTable, cmd: TpmInfo, rsp: TpmInfo, pend: Pending) -> Non
     if pend.start is not None and rsp.handles:
         nonce_tpm = bytes(rsp.params[0]) if rsp.params else b""
         table.start(pend.start, rsp.handles[0], nonce_tpm)
+    elif cc == CC_CONTEXT_SAVE and cmd.handles and rsp.params:
+        table.objects.saved(cmd.handles[0], _blob(rsp.params[0]))
     elif cc == CC_FLUSH and cmd.params:
         h = int(cmd.params[0])
         table.sessions.pop(h, None)
@@ -96,9 +98,17 @@ def learn(table: SessionTable, cmd: TpmInfo, rsp: TpmInfo, pend: Pending) -> Non
         elif cc == CC_CONTEXT_LOAD:
             if h >> 24 in (0x02, 0x03):
                 return  # a session's context came back: same handle, same session
-            table.objects.loaded(h, "context-loaded key (origin unseen)")
+            table.objects.context_loaded(h, _blob(cmd.params[0]) if cmd.params else b"")
         elif cc == CC_LOAD_EXTERNAL:
             table.objects.loaded(h, "external key (LoadExternal)")
         else:
             parent = table.objects.origin(cmd.handles[0]) if cmd.handles else "?"
             table.objects.loaded(h, f"loaded key under {parent}")
+
+
+def _blob(context: object) -> bytes:
+    """The contextBlob of a TPMS_CONTEXT (empty if it has none)."""
+    try:
+        return bytes(context.contextBlob)  # type: ignore[attr-defined]
+    except Exception:
+        return b""

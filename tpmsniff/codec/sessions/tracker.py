@@ -17,6 +17,31 @@ from .table import Pending, SessionTable, StartRequest
 
 log = structlog.get_logger("tpmsniff.sessions")
 
+# format-1 response codes (Part 2 §6.6.3): error number in bits 0-5, P bit 6
+RC_FMT1, RC_P, RC_SIZE, RC_VALUE, RC_INSUFFICIENT = 0x080, 0x040, 0x015, 0x004, 0x01A
+REFUSALS = {
+    RC_SIZE: "TPM_RC_SIZE",
+    RC_VALUE: "TPM_RC_VALUE",
+    RC_INSUFFICIENT: "TPM_RC_INSUFFICIENT",
+}
+
+
+def _with_refusal(rsp: TpmInfo, cmd: TpmInfo) -> TpmInfo:
+    """An error response is evidence: a size or value error about the first parameter of
+    a command whose session said it was encrypted means the TPM could not parse what it
+    decrypted, as when the client sent it in clear (docs/verdicts.md)."""
+    p, rc = cmd.param, rsp.code
+    if p.session is None or p.type_name is None or not rc & RC_FMT1:
+        return rsp
+    err = REFUSALS.get(rc & 0x3F)
+    if err is None or (rc & RC_P and (rc >> 8) & 0xF not in (0, 1)):
+        return rsp  # another error, or one about another parameter
+    note = (
+        f"TPM answered {err} to the {p.type_name} it decrypted with session "
+        f"0x{p.session:08x}: consistent with a parameter sent in clear"
+    )
+    return replace(rsp, param=replace(rsp.param, type_name=p.type_name, note=note))
+
 
 class SessionTracker:
     def __init__(self, auth: dict[int, bytes] | None = None) -> None:
@@ -54,8 +79,10 @@ class SessionTracker:
     def on_response(self, conn: int, info: TpmInfo, msg: bytes) -> TpmInfo:
         table = self.table
         pend = self._pending.pop(conn, None)
-        if pend is None or info.code != 0:
+        if pend is None:
             return info
+        if info.code != 0:
+            return _with_refusal(info, pend.info)
         cmd = pend.info
         checks: dict[int, Check] = {}
         if info.sessions:
