@@ -143,3 +143,25 @@ def test_context_swaps_keep_key_provenance(tpm, tmp_path):
         assert p.verdict is Verdict.ENCRYPTED and want in p.strength, p.word
     assert check(sniff.pcap, "--secret", SECRET.decode())[0] == 0
     assert check(sniff.pcap, "--sensitive")[0] == 0
+
+
+def test_an_altered_capture_still_fails_on_its_annotations(tpm, tmp_path):
+    """Flip the first ciphertext byte of every decrypted parameter: no decoded message
+    gives the secret any more, but tpmsniff's own comments still hold it (hex), so the
+    check does not pass."""
+    sniff = start_sniff(tmp_path, tpm.data, name="altered", extra=["--console", "none"])
+    try:
+        assert seal_unseal(sniff.tcti, "unsalted") == SECRET
+    finally:
+        sniff.stop()
+    data = bytearray(sniff.pcap.read_bytes())
+    for f in frames_from_input(str(sniff.pcap), Annotator()):
+        p = f.tpm.param if f.tpm is not None else None
+        if p is not None and p.recovered is not None:
+            at = bytes(data).index(f.raw) + f.prefix + p.offset + 2
+            data[at] ^= 0xFF
+    altered = tmp_path / "altered.pcapng"
+    altered.write_bytes(bytes(data))
+    rc, out = check(altered, "--secret", SECRET.decode())
+    assert rc == 1, out
+    assert "found in tpmsniff's own annotation at offset" in out, out
