@@ -324,7 +324,15 @@ def load_external(tcti: str) -> bytes:
     return _run(tcti, body)
 
 
+def rm_swapped(tcti: str) -> bytes:
+    """Issue #17: every object and session context-swapped like the kernel RM does."""
+    from helpers.rawtpm import rm_swapped as run  # rawtpm builds on this module
+
+    return run(tcti)
+
+
 MATRIX = {
+    "rm-swapped": rm_swapped,
     "load-external": load_external,
     "cascade": cascade,
     "hierarchy-auth": hierarchy_auth,

@@ -50,6 +50,13 @@ MATRIX = [
     Row("password", 1, 1, Verdict.PLAINTEXT),
     Row("salted", 0, 0, Verdict.ENCRYPTED, "salted by primary key in owner hierarchy"),
     Row("salted-persistent", 0, 0, Verdict.ENCRYPTED, "salted by persistent key 0x81000077"),
+    Row(
+        "rm-swapped",
+        0,
+        0,
+        Verdict.ENCRYPTED,
+        "salted by primary key in owner hierarchy, context-loaded",
+    ),
     Row("unsalted", 1, 1, Verdict.WEAK, "unsalted+unbound", "hmac"),
     Row("bound", 1, 1, Verdict.WEAK, "bound to 0x80000000, empty authValue", "hmac"),
     Row("bound-learned", 1, 1, Verdict.WEAK, "CreatePrimary userAuth authValue", "hmac"),

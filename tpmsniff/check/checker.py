@@ -7,8 +7,9 @@ is a failure unless the caller allows it.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -82,18 +83,19 @@ class Checker:
                 k = (self.file, sec.number, enc)
                 self._decoded_hits[k] = self._decoded_hits.get(k, 0) + len(_find_all(f.raw, needle))
             rec = f.tpm.param.recovered if f.tpm is not None else None
-            if rec and needle in rec:
+            if rec and needle in rec and f.tpm is not None:
+                p = f.tpm.param
+                fs = f.tpm.fields
+                name = fs.parameters[0].name if fs is not None and fs.parameters else "parameter[0]"
+                proof = f", proof={p.proof}" if p.proof else ""
+                proof += f", plaintext={p.plaintext}" if p.plaintext else ""
                 out.append(
                     Finding(
                         "secret",
-                        f"{sec.label} recovered by decrypting a weak session"
-                        + (
-                            f" (proof={f.tpm.param.proof})"
-                            if f.tpm is not None and f.tpm.param.proof
-                            else ""
-                        ),
+                        f"{sec.label}{'' if enc == 'raw' else f' ({enc}-encoded)'} recovered "
+                        f"by decrypting a weak session ({p.strength}{proof})",
                         offset=rec.find(needle),
-                        field="parameter[0] (recovered by decryption)",
+                        field=f"{name} (recovered by decryption)",
                         secret=sec.number,
                         **self._base(f),
                     )
@@ -121,16 +123,29 @@ class Checker:
         del buf[: max(0, len(buf) - (n - 1))]  # keep only what can still start a match
         return out
 
-    def scan_raw(self, path: str, chunks: Iterable[bytes]) -> list[Finding]:
+    def scan_raw(
+        self, path: str, chunks: Iterable[bytes], skip: Sequence[tuple[int, int]] = ()
+    ) -> list[Finding]:
         """Search an input file's bytes (given in chunks, in order) for every secret,
         independently of parsing. Call after its frames were fed. Occurrences beyond those
         counted inside decoded messages of that file are findings: a secret present in an
-        input never passes."""
+        input never passes. `skip`: sorted file ranges [start, end) of tpmsniff's own
+        annotations (inputs.pcapng.own_comment_spans); an occurrence touching one is not
+        counted when a decoded message of the file already gave a finding for that secret
+        (found once, where it is); otherwise (an altered capture: the annotation says what
+        its message no longer does) it is a finding, so a secret in an input never passes."""
+        starts = [a for a, _ in skip]
+
+        def own(at: int, n: int) -> bool:
+            i = bisect_right(starts, at + n - 1) - 1
+            return i >= 0 and skip[i][1] > at
+
         needles = [
             (sec, enc, needle) for sec in self.secrets for enc, needle in sec.encodings() if needle
         ]
         total = [0] * len(needles)
         first = [-1] * len(needles)
+        in_own = [-1] * len(needles)  # first offset inside one of our annotations
         keep = max((len(n) for _, _, n in needles), default=1) - 1
         tail = b""
         base = 0  # file offset of tail[0]
@@ -139,6 +154,10 @@ class Checker:
             for i, (_, _, needle) in enumerate(needles):
                 for at in _find_all(buf, needle):
                     if at + len(needle) > len(tail):  # not already counted in the tail
+                        if skip and own(base + at, len(needle)):
+                            if in_own[i] < 0:
+                                in_own[i] = base + at
+                            continue
                         total[i] += 1
                         if first[i] < 0:
                             first[i] = base + at
@@ -146,11 +165,19 @@ class Checker:
             base += cut
             tail = buf[cut:]
         out = []
+        found = {x.secret for x in self.findings if x.file == path and x.frame is not None}
         for i, (sec, enc, _) in enumerate(needles):
             inside = self._decoded_hits.get((path, sec.number, enc), 0)
+            how = "" if enc == "raw" else f" ({enc}-encoded)"
+            if in_own[i] >= 0 and sec.number not in found and total[i] <= inside:
+                msg = (
+                    f"{sec.label}{how} found in tpmsniff's own annotation at offset "
+                    f"{in_own[i]}, but in no decoded message (an altered capture?)"
+                )
+                out.append(Finding("secret", msg, file=path, secret=sec.number))
+                continue
             if total[i] <= inside:
                 continue
-            how = "" if enc == "raw" else f" ({enc}-encoded)"
             if inside == 0:
                 msg = (
                     f"{sec.label}{how} found in the raw file at offset {first[i]}, "

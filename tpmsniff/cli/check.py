@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from ..check.reports import write_json, write_junit
 from ..inputs import InputError, PartialInput, replay
+from ..inputs.pcapng import own_comment_spans
 from ..model.exits import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION
 from ..safefile import UnsafeFile
 from ..sinks.check import CheckSink, add_check_options, build_checker, checker_wanted
@@ -65,7 +66,7 @@ def main(argv: list[str]) -> int:
     if checker.secrets:
         for path in args.inputs:  # fail closed: the file's bytes, whatever parsed
             try:
-                checker.scan_raw(path, _read(path))
+                checker.scan_raw(path, _read(path), own_comment_spans(path))
             except InputError as exc:
                 if not any(str(e) == str(exc) for e in errors):
                     errors.append(exc)

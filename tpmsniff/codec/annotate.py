@@ -1,7 +1,7 @@
 """Turns framed events into annotated `Frame`s: decoding, command/response pairing, locality.
 
 Stateful but I/O-free: one `Annotator` per upstream TPM, because locality and sessions
-(sessions.py) are properties of the TPM, not of one client connection.
+(codec/sessions/) are properties of the TPM, not of one client connection.
 """
 
 from __future__ import annotations

@@ -105,6 +105,8 @@ def readable_values(info: TpmInfo, msg: bytes, command: bool) -> list[Readable]:
     out: list[Readable] = []
     p = info.param
     how = "in clear"
+    if p.verdict is Verdict.PLAINTEXT and p.session is not None:
+        how = "in clear despite the session's encryption attribute"
     if p.verdict is Verdict.WEAK:
         how = f"decrypted (proof={p.proof or 'none'})"
     plain = first_param_plain(info, msg) if info.cc is not None else None

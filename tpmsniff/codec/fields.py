@@ -5,11 +5,14 @@ module adds what they lack: the Part 3 names (part3.py), the wire offset and siz
 field, union members picked by their selector (Part 2), enumeration constant names and
 attribute flag names. tests/helpers/fieldcheck.py proves the result on every captured message:
 the fields tile the message and re-marshal (pytss) to exactly its bytes.
+
+Over 400 lines for a reason: about half is the Part 2 tables the walker reads (union
+selectors, constant and attribute names); each rule is next to the code that applies it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any
 
@@ -518,13 +521,3 @@ def value_field(name: str, value: Any, offset: int) -> Field:
 
 # our gap-filling classes (codec/tpm.py) are shown as the pytss constants they extend
 _SHOWN_AS = {"TPM2_CLOCK_ADJUST": "TPM2_CLOCK", "TPMI_ECC_CURVE": "TPM2_ECC_CURVE"}
-
-
-def value_fields(names: Sequence[str], values: Sequence[Any], offset: int) -> tuple[Field, ...]:
-    out = []
-    for i, v in enumerate(values):
-        name = names[i] if i < len(names) else f"parameter{i + 1}"
-        f = value_field(name, v, offset)
-        out.append(f)
-        offset += f.size
-    return tuple(out)

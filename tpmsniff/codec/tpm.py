@@ -33,21 +33,6 @@ ENCRYPT = int(TPMA_SESSION.ENCRYPT)
 
 # TPM 1.2 ordinals seen from firmware and QEMU probes; enough to name them.
 TPM12_NAMES = {0xF1: "TPM1.2 GetTicks", 0x65: "TPM1.2 GetCapability", 0x99: "TPM1.2 Startup"}
-_ATTR_NAMES = (
-    (0x01, "cont"),
-    (0x02, "auditexcl"),
-    (0x04, "auditreset"),
-    (0x20, "decrypt"),
-    (0x40, "encrypt"),
-    (0x80, "audit"),
-)
-
-
-def attrs_text(attrs: int) -> str:
-    names = [n for bit, n in _ATTR_NAMES if attrs & bit]
-    return "|".join(names) if names else "-"
-
-
 # Codes pytss names by an alias (TPM2_CC.FIRST, .LAST, MAC for HMAC) instead of Part 3's.
 _CC_NAMES = {
     0x11F: "NV_UndefineSpaceSpecial",

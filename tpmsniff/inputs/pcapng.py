@@ -135,3 +135,59 @@ def _epb(
     link, res = links[iface] if iface < len(links) else (1, 1e-6)
     ts = ((ts_high << 32) | ts_low) * res
     return Packet(number, ts, link, data, comment, flags)
+
+
+_OWN_APP = b"tpmsniff"  # the SHB shb_userappl tpmsniff writes ("tpmsniff <version>")
+_OWN_COMMENT = b"conn "  # how every EPB comment tpmsniff writes begins (sinks/text.py)
+
+
+def own_comment_spans(path: str) -> list[tuple[int, int]]:
+    """File byte ranges [start, end) of the EPB comments tpmsniff wrote itself: in a
+    section whose SHB names tpmsniff as its application, comments in tpmsniff's format.
+    The raw-file scan of `check` skips them: an annotation is not a finding (a secret it
+    mentions was found, once, in the frame it annotates). Never raises: a file that does
+    not read as pcapng has no spans."""
+    try:
+        with open(path, "rb") as fh:
+            buf = fh.read()
+    except OSError:
+        return []
+    out: list[tuple[int, int]] = []
+    if buf[:4] != _SHB_MAGIC:
+        return out
+    off, order, ours = 0, "<", False
+    try:
+        while off + 12 <= len(buf):
+            if buf[off : off + 4] == _SHB_MAGIC:
+                order = "<" if buf[off + 8 : off + 12] == _BOM_LE else ">"
+            btype, blen = struct.unpack_from(order + "II", buf, off)
+            if blen < 12 or blen % 4 or off + blen > len(buf):
+                break
+            if btype == pcapng.PCAPNG_BT_SHB:
+                ours = any(
+                    code == pcapng.PCAPNG_OPT_SHB_USERAPPL and buf[a:b].startswith(_OWN_APP)
+                    for code, a, b in _options(buf, order, off + 24, off + blen - 4)
+                )
+            elif btype == pcapng.PCAPNG_BT_EPB and ours and blen >= _EPB_HDR + 4:
+                caplen = struct.unpack_from(order + "I", buf, off + 20)[0]
+                start = off + _EPB_HDR + ((caplen + 3) & ~3)
+                for code, a, b in _options(buf, order, start, off + blen - 4):
+                    if code == pcapng.PCAPNG_OPT_COMMENT and buf[a:b].startswith(_OWN_COMMENT):
+                        out.append((a, b))
+            off += blen
+    except struct.error:
+        pass
+    return out
+
+
+def _options(buf: bytes, order: str, off: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(code, value start, value end) of each option in buf[off:end]."""
+    while off + 4 <= end:
+        code, length = struct.unpack_from(order + "HH", buf, off)
+        if code == pcapng.PCAPNG_OPT_ENDOFOPT:
+            return
+        a = off + 4
+        if a + length > end:
+            return
+        yield code, a, a + length
+        off = a + ((length + 3) & ~3)

@@ -3,6 +3,7 @@
 Imports nothing of tpmsniff's outside this package (see docs/architecture.md).
 """
 
+from .attributes import SESSION_ATTRIBUTES, attrs_text
 from .events import ConnInfo, Event, Message
 from .fields import Field, Fields, Kind
 from .frame import (
@@ -25,6 +26,7 @@ from .ports import CTRL_PORT, TPM_PORT
 __all__ = [
     "CTRL_PORT",
     "NO_PARAM",
+    "SESSION_ATTRIBUTES",
     "TPM_PORT",
     "TPM_RS_PW",
     "Channel",
@@ -45,4 +47,5 @@ __all__ = [
     "SessionFacts",
     "TpmInfo",
     "Verdict",
+    "attrs_text",
 ]

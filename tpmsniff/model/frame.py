@@ -46,7 +46,7 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SessionFacts:
-    """What tpmsniff knows of a session from its StartAuthSession (see sessions.py)."""
+    """What tpmsniff knows of a session from its StartAuthSession (see codec/sessions/)."""
 
     handle: int
     type: str  # "hmac" | "policy" | "trial" | "password" | "unknown"
@@ -99,18 +99,27 @@ class Param:
     type_name: str | None = None  # e.g. "TPM2B_SENSITIVE_CREATE"
     offset: int | None = None  # offset of the TPM2B size field within the TPM message
     size: int | None = None  # TPM2B buffer size (excluding its 2-byte size field)
-    strength: str | None = None  # ENCRYPTED: why not derivable; WEAK: how it was derived
+    strength: str | None = None  # ENCRYPTED: why not derivable; WEAK: how it was derived;
+    # PLAINTEXT: set only when a session flag said encrypted ("sent in clear despite ...")
     session: int | None = None  # handle of the session that encrypted it
     recovered: bytes | None = None  # WEAK: the plaintext tpmsniff decrypted
-    proof: str | None = None  # WEAK: "hmac" (the session HMAC verified with the key) | "none"
+    proof: str | None = None  # "hmac": the session HMAC verified with the derived key (it
+    # proves the session key, not that the parameter was encrypted) | "none"
+    plaintext: str | None = None  # "parsed": the plaintext (decrypted, or the wire bytes
+    # of a parameter sent in clear) parses exactly as the parameter's structured type
+    note: str | None = None  # evidence from the TPM's answer (an error response)
 
     @property
     def word(self) -> str:
         """The verdict with its strength, as shown in comments and on the console."""
-        if self.strength and self.verdict in (Verdict.ENCRYPTED, Verdict.WEAK):
-            proof = f", proof={self.proof}" if self.proof else ""
-            return f"{self.verdict}({self.strength}{proof})"
-        return str(self.verdict)
+        parts = [self.strength] if self.strength and self.verdict is not Verdict.NA else []
+        if self.proof and parts:
+            parts.append(f"proof={self.proof}")
+        if self.plaintext and parts:
+            parts.append(f"plaintext={self.plaintext}")
+        if self.note:
+            parts.append(self.note)
+        return f"{self.verdict}({', '.join(parts)})" if parts else str(self.verdict)
 
 
 NO_PARAM = Param(Verdict.NA)

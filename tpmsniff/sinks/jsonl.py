@@ -7,17 +7,9 @@ import json
 import os
 from typing import Any, TextIO
 
-from ..model import Direction, Fields, Frame, SessionFacts
+from ..model import Direction, Fields, Frame, SessionFacts, attrs_text
 from ..safefile import open_private
 from .base import BaseSink, SinkContext, check_writable
-
-
-def attrs_text(attributes: int) -> str:
-    """TPMA_SESSION as text. The decoder (tpm2-pytss, slow to import) loads on first use,
-    so the capture worker opens its files before it imports the decoder."""
-    from ..codec.tpm import attrs_text as text
-
-    return text(attributes)
 
 
 def frame_to_dict(f: Frame, file: str | None = None) -> dict[str, Any]:
@@ -58,6 +50,10 @@ def frame_to_dict(f: Frame, file: str | None = None) -> dict[str, Any]:
             d["strength"] = t.param.strength
         if t.param.proof:
             d["proof"] = t.param.proof
+        if t.param.plaintext:
+            d["plaintext"] = t.param.plaintext
+        if t.param.note:
+            d["note"] = t.param.note
         if t.param.recovered is not None:
             d["recovered_hex"] = t.param.recovered.hex()
         if t.header_only:

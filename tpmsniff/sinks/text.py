@@ -6,7 +6,18 @@ from __future__ import annotations
 import os
 from typing import TextIO
 
-from ..model import Channel, CtrlInfo, Direction, Field, Fields, Frame, Kind, Session, Verdict
+from ..model import (
+    Channel,
+    CtrlInfo,
+    Direction,
+    Field,
+    Fields,
+    Frame,
+    Kind,
+    Session,
+    Verdict,
+    attrs_text,
+)
 
 SESSION_KINDS = {0x02: "hmac", 0x03: "policy"}
 RESET, BOLD, DIM, RED, GREEN, YELLOW, CYAN = (
@@ -18,14 +29,6 @@ RESET, BOLD, DIM, RED, GREEN, YELLOW, CYAN = (
     "\033[33m",
     "\033[36m",
 )
-
-
-def attrs_text(attributes: int) -> str:
-    """TPMA_SESSION as text. The decoder (tpm2-pytss, slow to import) loads on first use,
-    so the capture worker opens its files before it imports the decoder."""
-    from ..codec.tpm import attrs_text as text
-
-    return text(attributes)
 
 
 def wants_colour(out: TextIO) -> bool:
