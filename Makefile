@@ -4,10 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-pcap0 tshark \
-	qemu-system-x86 seabios socat pkg-config gcc python3-dev python3-venv systemd
+	qemu-system-x86 seabios socat pkg-config gcc python3-dev python3-venv systemd \
+	libvirt-daemon-system libvirt-clients busybox-static cpio
+# the Linux guest of tests/integration/test_linux_guest.py: Debian's 6.12 kernel (bookworm-backports)
+GUEST := out/guest
+BACKPORTS := /etc/apt/sources.list.d/bookworm-backports.sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps venv native test unit lint demo bench man soak clean
+.PHONY: deps guest venv native test unit lint demo bench man soak clean
 
 deps: ## install the Debian packages that are missing
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -28,7 +32,28 @@ $(VENV)/.installed: pyproject.toml | deps
 native: $(VENV)/.installed ## build the native relay (--relay native) with cffi, in place
 	$(PY) -m tpmsniff._native.build
 
-venv: deps $(VENV)/.installed native
+venv: deps $(VENV)/.installed native $(GUEST)/vmlinuz
+
+guest: $(GUEST)/vmlinuz ## fetch the guest kernel (Debian 6.12 from bookworm-backports) into out/guest
+
+$(GUEST)/vmlinuz: | deps
+	@grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/ || { \
+		uri=$$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | awk \
+			'/^URIs:/ && $$2 !~ /security/ {print $$2; exit} /^deb / && $$0 ~ / bookworm / {print $$2; exit}'); \
+		[ -n "$$uri" ] || { echo "no Debian mirror in the apt sources to add bookworm-backports from" >&2; exit 1; }; \
+		printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$$uri" \
+			| $(SUDO) tee $(BACKPORTS) >/dev/null; }
+	@pkg=$$(apt-cache depends -t bookworm-backports linux-image-amd64 2>/dev/null \
+		| awk '/Depends: linux-image-6\.12/ {print $$2; exit}'); \
+	if [ -z "$$pkg" ]; then $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+		pkg=$$(apt-cache depends -t bookworm-backports linux-image-amd64 \
+		| awk '/Depends: linux-image-6\.12/ {print $$2; exit}'); fi; \
+	[ -n "$$pkg" ] || { echo "no linux-image-6.12 in bookworm-backports" >&2; exit 1; }; \
+	rm -rf $(GUEST).tmp && mkdir -p $(GUEST).tmp && cd $(GUEST).tmp && \
+	apt-get download -q -t bookworm-backports "$$pkg" >/dev/null && \
+	dpkg-deb -x ./*.deb root && cp root/boot/vmlinuz-* vmlinuz && cp root/boot/config-* config && \
+	echo "$$pkg" > package && rm -rf root ./*.deb && cd - >/dev/null && \
+	rm -rf $(GUEST) && mv $(GUEST).tmp $(GUEST) && echo "guest kernel: $$(cat $(GUEST)/package)"
 
 test: lint ## lint, then the whole suite (unit + integration with real swtpm, tpm2-tools, tshark, QEMU) under coverage
 	rm -rf .coverage-data

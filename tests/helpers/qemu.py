@@ -10,6 +10,10 @@ from pathlib import Path
 
 from conftest import Sniff, require, wait_for
 
+from helpers.captured import messages
+from tpmsniff.inputs.swtpmlog import parse_file
+from tpmsniff.model import CTRL_PORT
+
 
 class CtrlSwtpm:
     """swtpm with only a Unix control socket (QEMU hands it the data fd)."""
@@ -84,3 +88,16 @@ def boot(sniff: Sniff, device: str = "tpm-tis", boots: int = 3) -> str:
         p.send_signal(signal.SIGTERM)
     out, _ = p.communicate(timeout=30)
     return out.decode(errors="replace")
+
+
+def logged(log: Path, kinds: tuple[str, str]) -> list[tuple[bool, bytes]]:
+    return [(m.kind == kinds[0], m.data) for m in parse_file(str(log)) if m.kind in kinds]
+
+
+def assert_capture_matches_log(sniff: Sniff, logs: list[Path]) -> int:
+    tpm_log = [x for log in logs for x in logged(log, ("tpm-cmd", "tpm-rsp"))]
+    ctrl_log = [x for log in logs for x in logged(log, ("ctrl-cmd", "ctrl-rsp"))]
+    cap = messages(str(sniff.pcap))
+    assert cap == tpm_log
+    assert messages(str(sniff.pcap), port=CTRL_PORT) == ctrl_log
+    return sum(1 for to_tpm, _ in cap if to_tpm)

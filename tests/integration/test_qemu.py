@@ -12,29 +12,22 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Sniff, start_sniff, wait_for
+from conftest import start_sniff, wait_for
 from helpers.captured import messages
 from helpers.fieldcheck import check_capture
-from helpers.qemu import CtrlSwtpm, boot, qemu_args, wait_idle_after_boots
+from helpers.qemu import (
+    CtrlSwtpm,
+    assert_capture_matches_log,
+    boot,
+    qemu_args,
+    wait_idle_after_boots,
+)
 
 from tpmsniff.inputs.pcapng import read_pcapng
 from tpmsniff.inputs.swtpmlog import parse_file
 from tpmsniff.model import CTRL_PORT
 
 pytestmark = pytest.mark.integration
-
-
-def logged(log: Path, kinds: tuple[str, str]) -> list[tuple[bool, bytes]]:
-    return [(m.kind == kinds[0], m.data) for m in parse_file(str(log)) if m.kind in kinds]
-
-
-def assert_capture_matches_log(sniff: Sniff, logs: list[Path]) -> int:
-    tpm_log = [x for log in logs for x in logged(log, ("tpm-cmd", "tpm-rsp"))]
-    ctrl_log = [x for log in logs for x in logged(log, ("ctrl-cmd", "ctrl-rsp"))]
-    cap = messages(str(sniff.pcap))
-    assert cap == tpm_log
-    assert messages(str(sniff.pcap), port=CTRL_PORT) == ctrl_log
-    return sum(1 for to_tpm, _ in cap if to_tpm)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ ALLOWED = {
     "model": set(),
     "safefile": set(),
     "_native": set(),  # the C relay and its cffi build: bottom layer, like safefile
+    "wireshark": set(),  # package data: the Lua post-dissector and colouring rules
     "codec": {"model"},
     "transport": {"model", "codec", "_native"},
     "inputs": {"model", "codec", "safefile"},
