@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-pcap0 tshark \
-	qemu-system-x86 seabios socat pkg-config gcc python3-dev python3-venv systemd
+	qemu-system-x86 seabios socat pkg-config gcc python3-dev python3-venv systemd \
+	sigrok-cli
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps venv native test unit lint demo bench man soak clean

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import NoReturn
 
 from ..check.reports import write_json, write_junit
-from ..inputs import InputError, PartialInput, replay
+from ..inputs import FORMATS, InputError, PartialInput, replay
 from ..safefile import UnsafeFile
 from ..sinks.check import CheckSink
 from .args import add_secret_args, build_checker, checker_wanted
@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="INPUT",
         help="captures or swtpm logs, as `tpmsniff decode` reads them",
+    )
+    p.add_argument(
+        "--input-format",
+        choices=FORMATS,
+        default="auto",
+        help="read every input as this format (default: detected by content)",
     )
     add_secret_args(p)
     p.add_argument(
@@ -66,7 +72,7 @@ def main(argv: list[str]) -> int:
     partial: list[PartialInput] = []
     errors: list[InputError] = []  # every readable input is still checked
     sink = CheckSink(checker, log_findings=False)
-    frames = replay(args.inputs, sink, auth, partial=partial, errors=errors)
+    frames = replay(args.inputs, sink, auth, args.input_format, partial=partial, errors=errors)
     if checker.secrets:
         for path in args.inputs:  # fail closed: the file's bytes, whatever parsed
             try:
