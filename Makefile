@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := swtpm swtpm-tools tpm2-tools libtss2-dev libtss2-tcti-pcap0 tshark \
 	qemu-system-x86 seabios socat pkg-config gcc python3-dev python3-venv systemd \
-	libvirt-daemon-system libvirt-clients busybox-static cpio
+	libvirt-daemon-system libvirt-clients busybox-static cpio sigrok-cli
 # the Linux guest of tests/integration/test_linux_guest.py: Debian's 6.12 kernel (bookworm-backports)
 GUEST := out/guest
 BACKPORTS := /etc/apt/sources.list.d/bookworm-backports.sources

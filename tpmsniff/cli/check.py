@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 
 from ..check.reports import write_json, write_junit
-from ..inputs import InputError, PartialInput, replay
+from ..inputs import FORMATS, InputError, PartialInput, replay
 from ..inputs.pcapng import own_comment_spans
 from ..model.exits import EXIT_OK, EXIT_USAGE, EXIT_VIOLATION
 from ..safefile import UnsafeFile
@@ -31,6 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="INPUT",
         help="captures or swtpm logs, as `tpmsniff decode` reads them",
+    )
+    p.add_argument(
+        "--input-format",
+        choices=FORMATS,
+        default="auto",
+        help="read every input as this format (default: detected by content)",
     )
     add_check_options(p)
     add_auth_arg(p)
@@ -62,7 +68,7 @@ def main(argv: list[str]) -> int:
     partial: list[PartialInput] = []
     errors: list[InputError] = []  # every readable input is still checked
     sink = CheckSink(checker, log_findings=False)
-    frames = replay(args.inputs, sink, auth, partial=partial, errors=errors)
+    frames = replay(args.inputs, sink, auth, args.input_format, partial=partial, errors=errors)
     if checker.secrets:
         for path in args.inputs:  # fail closed: the file's bytes, whatever parsed
             try:

@@ -37,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--output jsonl: docs/jsonl.md",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT")
-    p.add_argument("--input-format", choices=FORMATS, default="auto")
+    p.add_argument(
+        "--input-format",
+        choices=FORMATS,
+        default="auto",
+        help="read every input as this format (default: detected by content; bus "
+        "capture formats: docs/hardware.md)",
+    )
     p.add_argument(
         "--output",
         choices=sink_formats(),  # the sinks that can print to stdout

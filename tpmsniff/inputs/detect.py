@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-FORMATS = ("auto", "pcapng", "pcap", "swtpm-log")
+from .errors import InputError
+
+__all__ = ["FORMATS", "InputError", "detect_format"]
+
+FORMATS = (
+    "auto",
+    "pcapng",
+    "pcap",
+    "swtpm-log",
+    # physical buses (inputs/bus, docs/hardware.md)
+    "spi-saleae-hla",
+    "spi-sigrok",
+    "spi-dsview",
+    "spi-logic2",
+    "spi-vcd",
+    "spi-sr",
+    "lpc",
+    "i2c-sigrok",
+    "i2c-saleae",
+)
 PCAP_MAGICS = {b"\xa1\xb2\xc3\xd4", b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x4d\x3c\xb2\xa1"}
-
-
-class InputError(Exception):
-    """An input that cannot be read at all: exit 2, one line naming the file."""
 
 
 def detect_format(path: str) -> str:
@@ -22,4 +37,9 @@ def detect_format(path: str) -> str:
         return "pcap"
     if b"SWTPM_IO_" in head or b"Ctrl Cmd:" in head:
         return "swtpm-log"
-    raise InputError(f"{path}: not a pcap/pcapng capture or swtpm log")
+    from .bus import detect_bus  # here: the bus readers import this module
+
+    bus = detect_bus(head)
+    if bus is not None:
+        return bus
+    raise InputError(f"{path}: not a pcap/pcapng capture, swtpm log or TPM bus capture")

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from ..codec.annotate import Annotator
+from ..codec.tis import BusWarning
 from ..model import Channel, Frame, FrameConsumer
+from .bus import BUS_FORMATS, bus_frames
 from .capture import Partial, frames_from_capture
 from .detect import FORMATS, InputError, detect_format
 from .swtpmlog import frames_from_log
@@ -28,8 +30,11 @@ class PartialInput:
     file: str
     offset: int | None
     reason: str
+    anomaly: bool = False  # a bus capture read whole, whose transactions do not add up
 
     def text(self) -> str:
+        if self.anomaly:
+            return f"{self.file}: bus transactions do not add up: {self.reason}"
         at = f" at byte {self.offset}" if self.offset is not None else ""
         return f"{self.file}: read only partly, stopped{at}: {self.reason}"
 
@@ -49,6 +54,9 @@ def frames_from_input(
         fmt = detect_format(path)
     elif fmt not in FORMATS:
         raise InputError(f"{path}: unknown input format {fmt}")
+    if fmt in BUS_FORMATS:
+        yield from _bus(path, fmt, ann, partial)
+        return
     if fmt == "swtpm-log":
         cut: int | None = None
         try:
@@ -85,6 +93,31 @@ def frames_from_input(
             )
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror}") from None
+
+
+def _bus(
+    path: str, fmt: str, ann: Annotator, partial: list[PartialInput] | None
+) -> Iterator[Frame]:
+    """A bus capture: every anomaly (a message that never completes, a response with no
+    command, a locality switch mid-message, a transfer that is no TPM transaction) makes
+    the input partial, so `check` fails closed on it as on a damaged pcapng."""
+    warnings: list[BusWarning] = []
+    n = 0
+    try:
+        for f in bus_frames(path, fmt, ann, warnings):
+            n += 1
+            yield f
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+    except UnicodeError as exc:
+        raise InputError(f"{path}: not text: {exc}") from None
+    if n == 0 and not warnings:
+        raise InputError(f"{path}: no TPM message in this {fmt} capture")
+    for w in warnings:
+        if partial is not None:
+            partial.append(PartialInput(path, None, w.line(), anomaly=True))
+        else:
+            log.warning("bus capture anomaly", file=path, error=w.line())
 
 
 @dataclass(slots=True)
