@@ -1,5 +1,5 @@
 """Annotated pcapng, laid out for Wireshark's TPM 2.0 dissector (the blocks and frames
-are encoded with dpkt in sinks/pcapfile.py, imported only when a capture is opened).
+are encoded in sinks/pcapfile.py, imported only when a capture is opened).
 
 Layout (docs/pcapng.md): Ethernet/IPv4/TCP on 127.0.0.1; one synthetic TCP stream per
 proxied connection with a handshake before its first message and FIN at close; the TPM
