@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import replace
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, get_args, get_origin
 
 from tpm2_pytss import command_parser as cp
@@ -216,8 +216,51 @@ def _session_field(i: int, s: Any, offset: int, command: bool) -> Field:
     return Field(f"session[{i}]", kind, offset, off - offset, Kind.STRUCT, children=tuple(kids))
 
 
+# Decoding is a pure function of the bytes (and, for a response, of what it uses of its
+# command), and clients repeat messages byte for byte (GetRandom, GetCapability,
+# PCR_Read, ReadPublic...): each distinct message of at most CACHE_BYTES is decoded once
+# while among the last CACHE_ENTRIES. What is cached is frozen (TpmInfo, Fields); nobody
+# mutates the pytss objects in `params`. Bounded: at most 2 * CACHE_ENTRIES * CACHE_BYTES
+# of keys, whatever a client sends.
+CACHE_ENTRIES = 256
+CACHE_BYTES = 4096
+
+
 def decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
     """Decode one TPM command (without transport prefix). Returns (info, error)."""
+    if len(msg) <= CACHE_BYTES:
+        return _command_cached(bytes(msg))
+    return _decode_command(msg)
+
+
+def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str | None]:
+    """Decode one TPM response, paired with its command's decode when known."""
+    if command is None:
+        key: _CommandKey = (None, "?", True, ())
+    else:
+        sessions = tuple((s.handle, s.attributes & ENCRYPT) for s in command.sessions)
+        key = (command.cc, command.name, command.header_only, sessions)
+    if len(msg) <= CACHE_BYTES:
+        return _response_cached(bytes(msg), key)
+    return _decode_response(msg, key)
+
+
+@lru_cache(maxsize=CACHE_ENTRIES)
+def _command_cached(msg: bytes) -> tuple[TpmInfo, str | None]:
+    return _decode_command(msg)
+
+
+# what a response's decode reads of its command: cc, name, header_only, and each
+# session's handle and ENCRYPT attribute
+_CommandKey = tuple[int | None, str, bool, tuple[tuple[int | None, int], ...]]
+
+
+@lru_cache(maxsize=CACHE_ENTRIES)
+def _response_cached(msg: bytes, command: _CommandKey) -> tuple[TpmInfo, str | None]:
+    return _decode_response(msg, command)
+
+
+def _decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
     tag, size, cc = _header(msg)
     if tag not in (0x8001, 0x8002):
         name = TPM12_NAMES.get(cc, f"TPM1.2 0x{cc:08x}")
@@ -282,13 +325,11 @@ def decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
     return info, err
 
 
-def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str | None]:
-    """Decode one TPM response, paired with its command's decode when known."""
+def _decode_response(msg: bytes, command: _CommandKey) -> tuple[TpmInfo, str | None]:
     tag, size, rc = _header(msg)
-    cc = command.cc if command is not None else None
-    name = command.name if command is not None else "?"
+    cc, name, cmd_header_only, cmd_sessions = command
     text = rc_text(rc)
-    if tag not in (0x8001, 0x8002) or cc is None or command is None or command.header_only:
+    if tag not in (0x8001, 0x8002) or cc is None or cmd_header_only:
         return TpmInfo(tag, size, rc, cc, name, rc_text=text, header_only=True), None
     if rc != 0:
         fields = Fields(_head_fields(msg, False)) if size == len(msg) == 10 else None
@@ -304,10 +345,9 @@ def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str |
     except Exception as exc:
         return TpmInfo(tag, size, rc, cc, name, rc_text=text, header_only=True), _why(exc)
     handles = (handle,) if handle is not None else ()
-    cmd_sessions = command.sessions
     sessions = tuple(
         Session(
-            cmd_sessions[i].handle if i < len(cmd_sessions) else None,
+            cmd_sessions[i][0] if i < len(cmd_sessions) else None,
             int(s.attributes),
             bytes(s.nonce),
             bytes(s.acknowledgment),
@@ -315,9 +355,7 @@ def decode_response(msg: bytes, command: TpmInfo | None) -> tuple[TpmInfo, str |
         for i, s in enumerate(rsp_sessions)
     )
     offset = 10 + 4 * nh + (4 if tag == ST_SESSIONS else 0)
-    flag = any(s.attributes & ENCRYPT for s in sessions) or any(
-        s.attributes & ENCRYPT for s in cmd_sessions
-    )
+    flag = any(s.attributes & ENCRYPT for s in sessions) or any(enc for _, enc in cmd_sessions)
     param = _param(msg, offset, enc_type, flag)
     _, _, rhnames, rpnames = _names(cc)
     err = None
