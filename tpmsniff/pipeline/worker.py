@@ -383,6 +383,7 @@ def _child(fd: int, make_pipeline: Callable[[], InProcessPipeline], status: int)
                 body.release()
             pipeline.push(rec)
         del buf[:off]
+        pipeline.flush()  # one write per output for what this read brought
     pipeline.close()
     log.debug("capture worker done", frames=pipeline.frames_seen)
     return pipeline.exit_code

@@ -129,7 +129,8 @@ class JsonlSink(BaseSink):
         file: str | None = None,
         flush: bool = True,
     ):
-        """flush: after every message (live: readable at once); offline leaves it to the end."""
+        """flush: at every flush() (live: after each batch, so a reader sees it at once);
+        offline leaves it to the end."""
         self._flush = flush
         self.path = path
         if out is None:
@@ -155,6 +156,8 @@ class JsonlSink(BaseSink):
 
     def frame(self, f: Frame) -> None:
         self.out.write(json.dumps(frame_to_dict(f, self.file), separators=(",", ":")) + "\n")
+
+    def flush(self) -> None:
         if self._flush:
             self.out.flush()
 

@@ -1,6 +1,7 @@
-"""pcapng files: the section and interface header (dpkt, once per file), one Enhanced Packet
-Block per write, and the synthetic Ethernet/IPv4/TCP frame each message travels in
-(layout: sinks/pcapng.py, docs/pcapng.md). Imported only once a capture is opened."""
+"""pcapng files: the section and interface header (dpkt, once per file), one Enhanced
+Packet Block per message (written in batches), and the synthetic Ethernet/IPv4/TCP frame
+each message travels in (layout: sinks/pcapng.py, docs/pcapng.md). Imported only once a
+capture is opened."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ from ..safefile import is_stream, open_private, open_stream
 EPB_FLAGS = 2
 
 
+BUFFER = 64 << 10  # bytes of EPBs queued before a write, whatever the batch
+
+
 class PcapngWriter:
-    """Block-level writer: SHB + IDB once, then one EPB per write() call."""
+    """Block-level writer: SHB + IDB at once, then EPBs queued and written by flush()
+    (or once BUFFER bytes are queued) in one write: whole blocks only."""
 
     def __init__(self, path: str, append: bool = False) -> None:
         """append: add a new section to an existing file (a valid pcapng either way)."""
@@ -27,7 +32,8 @@ class PcapngWriter:
         # captures hold secrets: 0600, no symlink followed, only our own regular file
         # (or our own named pipe)
         self._fd = open_stream(path) if self.stream else open_private(path, append=append)
-        self.size = 0
+        self.size = 0  # bytes written or queued
+        self._buf = bytearray()
         shb = pcapng.SectionHeaderBlockLE(
             opts=[
                 pcapng.PcapngOptionLE(
@@ -49,16 +55,17 @@ class PcapngWriter:
                 pcapng.PcapngOptionLE(code=pcapng.PCAPNG_OPT_ENDOFOPT),
             ],
         )
+        head = bytes(shb) + bytes(idb)
         try:
-            self._write(bytes(shb) + bytes(idb))
+            self._write(head)
+            self.size = len(head)
         except OSError as exc:  # e.g. disk full: the capture cannot start
             self.close()
             raise OSError(exc.errno, exc.strerror, path) from None
 
-    def _write(self, data: bytes) -> None:
-        """Write one whole block, or none: a failed write (disk full) is cut back off, so
-        the file always ends on a complete block and stays readable. A stream (pipe) gets
-        each block as soon as it is made: nothing is buffered."""
+    def _write(self, data: bytes | bytearray) -> None:
+        """Write whole blocks, or none: a failed write (disk full) is cut back off, so
+        the file always ends on a complete block and stays readable."""
         start = 0 if self.stream else os.lseek(self._fd, 0, os.SEEK_END)
         view = memoryview(data)
         try:
@@ -70,15 +77,48 @@ class PcapngWriter:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, start)
             raise
-        self.size += len(data)
+        finally:
+            view.release()
 
     def packet(self, ts: float, data: bytes, comment: str, flags: int) -> None:
-        self._write(epb(ts, data, comment, flags))
+        """Queue one EPB; it is written by the next flush(), at most BUFFER bytes later."""
+        block = epb(ts, data, comment, flags)
+        self._buf += block
+        self.size += len(block)
+        if len(self._buf) >= BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every queued block in one write (the pipeline calls this after each batch
+        of records, so a live reader sees them at once). Raises OSError; the blocks of a
+        failed write are not retried: the file keeps the whole blocks that fit."""
+        if not self._buf or self._fd < 0:
+            return
+        data, self._buf = self._buf, bytearray()
+        try:
+            self._write(data)
+        except OSError:  # e.g. disk full: keep as many whole blocks as fit, as before
+            self._write_each(data)
+            raise
+
+    def _write_each(self, data: bytearray) -> None:
+        """Write the blocks of `data` one by one until one does not fit."""
+        off = 0
+        with contextlib.suppress(OSError):
+            while off + 8 <= len(data):
+                (length,) = _U32.unpack_from(data, off + 4)
+                self._write(data[off : off + length])
+                off += length
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Flush, then close (the blocks of a failed flush are lost: OSError)."""
+        try:
+            self.flush()
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            self._buf = bytearray()
 
 
 # -- the per-message hot path: packed with struct, not built from dpkt objects --------

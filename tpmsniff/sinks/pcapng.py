@@ -5,13 +5,16 @@ Layout (docs/pcapng.md): Ethernet/IPv4/TCP on 127.0.0.1; one synthetic TCP strea
 proxied connection with a handshake before its first message and FIN at close; the TPM
 side on port 2321 (control channel: 2326, which the TPM dissector does not claim); the
 client on a port above 50000; exactly one message per segment, each with an opt_comment
-and epb_flags (outbound = towards the TPM, inbound = from it). Every block is written
-with one unbuffered write, so a killed daemon leaves a readable file.
+and epb_flags (outbound = towards the TPM, inbound = from it). Blocks are queued and
+written whole, in one write per batch of records (`flush`, which the pipeline calls after
+each batch, and at most 64 KiB apart): a live reader sees each batch at once, and a
+killed daemon leaves a readable file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -189,7 +192,11 @@ class PcapngSink(BaseSink):
     def _next_file(self) -> None:
         """Close the current file and start the next; open streams restart with a handshake."""
         if self._w is not None:
-            self._w.close()
+            try:
+                self._w.close()
+            except OSError as exc:
+                self._fail(exc)
+                return
         try:
             self._w = self._open()
         except OSError as exc:
@@ -327,12 +334,24 @@ class PcapngSink(BaseSink):
         self._failed = True
         self.exit_code = EXIT_CAPTURE_LOST
         if self._w is not None:
-            self._w.close()
+            with contextlib.suppress(OSError):
+                self._w.close()
             self._w = None
+
+    def flush(self) -> None:
+        """Write what is queued (the pipeline calls this after each batch of records)."""
+        if self._w is not None:
+            try:
+                self._w.flush()
+            except OSError as exc:
+                self._fail(exc)
 
     def close(self) -> None:
         for conn in list(self._streams):
             self.conn_close(conn, time.time())
         if self._w is not None:
-            self._w.close()
+            try:
+                self._w.close()
+            except OSError as exc:
+                self._fail(exc)
             self._w = None
