@@ -108,6 +108,23 @@ def _param_types(cc: int, command: bool) -> tuple[Any, ...]:
     return types + _MISSING.get((cc, command), ())
 
 
+class _Flagged:
+    """A session that sets the flag `_set_encrypted_parameter` looks for."""
+
+    def __init__(self, attributes: int) -> None:
+        self.attributes = attributes
+
+
+@cache
+def _wire_types(cc: int, command: bool, flagged: bool) -> tuple[Any, ...]:
+    """The types the parameter area is read with: the first one wrapped as
+    TPM_ENCRYPTED_PARAMETER when a session sets DECRYPT (commands) or ENCRYPT (responses)
+    and it is encryptable. pytss's own rule, cached: it costs ~9 µs a message."""
+    flag = TPMA_SESSION.DECRYPT if command else TPMA_SESSION.ENCRYPT
+    sessions = [_Flagged(int(flag))] if flagged else []
+    return tuple(cp._set_encrypted_parameter(_param_types(cc, command), sessions, flag))
+
+
 def _names(cc: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     return NAMES.get(cc, ((), (), (), ()))
 
@@ -151,7 +168,14 @@ def _param(msg: bytes, offset: int, type_name: str | None, flag_set: bool) -> Pa
 
 
 def _head_fields(msg: bytes, command: bool) -> tuple[Field, ...]:
-    tag, size, code = _header(msg)
+    return _head_fields_of(msg[:10], command)
+
+
+@lru_cache(maxsize=1024)
+def _head_fields_of(head: bytes, command: bool) -> tuple[Field, ...]:
+    """Header fields by the 10 header bytes (immutable; most messages share a header with
+    many others: the same size, code and tag)."""
+    tag, size, code = _header(head)
     return (
         int_field("tag", "TPM2_ST", 0, 2, tag),
         int_field("commandSize" if command else "responseSize", "UINT32", 2, 4, size),
@@ -294,9 +318,7 @@ def _decode_command(msg: bytes) -> tuple[TpmInfo, str | None]:
                 off += fs[-1].size
             auth = tuple(fs)
             offset += 4 + auth_size
-        types = cp._set_encrypted_parameter(
-            _param_types(cc, True), parsed_sessions, TPMA_SESSION.DECRYPT
-        )
+        types = _wire_types(cc, True, any(s.attributes & DECRYPT for s in parsed_sessions))
         params, used = cp.read_and_unmarshal(msg[offset:], *types)
     except Exception as exc:  # pytss raises TSS2_Exception, ValueError, struct errors...
         return TpmInfo(tag, size, cc, cc, name, handles, header_only=True), _why(exc)
@@ -415,7 +437,7 @@ def _read_response(
         )
         sessions.append(cp.tpm2_response_session(nonce, attrs, ack))
         sdata = sdata[used:]
-    types = cp._set_encrypted_parameter(_param_types(cc, False), sessions, TPMA_SESSION.ENCRYPT)
+    types = _wire_types(cc, False, any(s.attributes & ENCRYPT for s in sessions))
     params, _ = cp.read_and_unmarshal(pdata, *types)
     return handle, tuple(params), sessions, pend
 
