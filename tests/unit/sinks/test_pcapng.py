@@ -150,3 +150,25 @@ def test_a_failed_flush_loses_the_capture_loudly_and_leaves_whole_blocks(tmp_pat
     sink.frame(_frames(1)[0])  # the relay goes on; the capture does not
     sink.close()
     assert len(list(read_pcapng(str(path)))) == 3 + 4 + 1
+
+
+def test_cached_comments_are_one_line_of_every_frame(tmp_path):
+    """The comment cache (keyed by the shared decode) answers one_line(f) for every frame
+    of every recording and for repeats of one command on several connections."""
+    from dataclasses import replace
+
+    from conftest import DATA
+
+    from tpmsniff.inputs import frames_from_input
+    from tpmsniff.sinks.text import one_line
+
+    sink = PcapngSink(str(tmp_path / "c.pcapng"))
+    frames = []
+    for cap in [*sorted(DATA.glob("*.pcapng")), *sorted(DATA.glob("*.swtpm.log"))]:
+        frames += [f for f in frames_from_input(str(cap), Annotator()) if f is not None]
+    repeats = _frames(3)
+    repeats += [replace(repeats[0], conn=2), replace(repeats[0], locality=4, error="e")]
+    for _ in range(2):
+        for f in [*frames, *repeats]:
+            assert sink._comment(f) == one_line(f)
+    sink.close()
