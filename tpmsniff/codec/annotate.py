@@ -7,12 +7,14 @@ Stateful but I/O-free: one `Annotator` per upstream TPM, because locality and se
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import replace
 
-from ..model import Channel, Direction, Event, Frame, Framing, TpmInfo
+from ..model import Channel, CtrlInfo, Direction, Event, Frame, Framing, TpmInfo
 from . import ctrl
 from .sessions import SessionTracker
 from .tpm import decode_command, decode_response, with_recovered
+
+# what decoding adds to a message: locality, TPM decode, control decode, error
+_Parts = tuple[int | None, TpmInfo | None, CtrlInfo | None, str | None]
 
 
 class Annotator:
@@ -31,29 +33,25 @@ class Annotator:
         """`number`: the input's own frame number (offline), else a running count."""
         self._seq += 1
         m = ev.message
-        base = Frame(
-            seq=self._seq if number is None else number,
-            conn=conn,
-            channel=ev.channel,
-            direction=ev.direction,
-            ts=ts,
-            raw=m.raw,
-            framing=m.framing,
-            prefix=m.prefix,
-        )
+        seq = self._seq if number is None else number
         try:
-            return self._annotate(conn, ev, base)
+            locality, tpm, ctl, error = self._annotate(conn, ev)
         except Exception as exc:  # a decoder bug is an annotation, never a crash
-            return replace(base, error=f"internal decode error: {exc!r}")
+            locality, tpm, ctl, error = None, None, None, f"internal decode error: {exc!r}"
+        # one Frame per message, built once (no dataclasses.replace on the hot path)
+        return Frame(
+            seq, conn, ev.channel, ev.direction, ts, m.raw, m.framing, m.prefix,
+            locality, tpm, ctl, error,
+        )  # fmt: skip
 
-    def _annotate(self, conn: int, ev: Event, base: Frame) -> Frame:
+    def _annotate(self, conn: int, ev: Event) -> _Parts:
         m = ev.message
         if ev.channel is Channel.CTRL:
-            return self._ctrl(conn, ev, base)
+            return self._ctrl(conn, ev)
         if m.framing is Framing.UNFRAMED:
             if ev.direction is Direction.RESPONSE:
                 self._pop(conn)
-            return replace(base, error=f"unframed: {m.note}")
+            return None, None, None, f"unframed: {m.note}"
         body = m.raw[m.prefix :]
         if ev.direction is Direction.COMMAND:
             if m.locality is not None:
@@ -62,17 +60,17 @@ class Annotator:
             if not info.header_only:
                 info = with_recovered(self.sessions.on_command(conn, info, body))
             self._commands.setdefault(conn, deque()).append(info)
-            return replace(base, locality=self.locality, tpm=info, error=err)
+            return self.locality, info, None, err
         info, err = decode_response(body, self._pop(conn))
         if not info.header_only:
             info = with_recovered(self.sessions.on_response(conn, info, body))
-        return replace(base, locality=self.locality, tpm=info, error=err)
+        return self.locality, info, None, err
 
     def _pop(self, conn: int) -> TpmInfo | None:
         q = self._commands.get(conn)
         return q.popleft() if q else None
 
-    def _ctrl(self, conn: int, ev: Event, base: Frame) -> Frame:
+    def _ctrl(self, conn: int, ev: Event) -> _Parts:
         m = ev.message
         if ev.direction is Direction.COMMAND:
             info = ctrl.decode_request(m.raw)
@@ -88,4 +86,4 @@ class Annotator:
             ):
                 self.locality = self._ctrl_locality.pop(conn)
         err = f"unframed: {m.note}" if m.framing is Framing.UNFRAMED else None
-        return replace(base, ctrl=info, error=err)
+        return None, None, info, err

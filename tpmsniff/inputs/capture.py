@@ -46,6 +46,53 @@ def ip_packet(linktype: int, data: bytes) -> dpkt.ip.IP | dpkt.ip6.IP6 | None:
     return pkt if isinstance(pkt, dpkt.ip.IP | dpkt.ip6.IP6) else None
 
 
+# (src address, source port, dst address, destination port, seq, flags, payload)
+Segment = tuple[bytes, int, bytes, int, int, int, bytes]
+_IP4_LEN_FRAG = struct.Struct("!H2xH")  # total length, flags + fragment offset (at byte 2)
+_TCP_HEAD = struct.Struct("!HHI4xH")  # ports, seq, data offset + flags
+
+
+def tcp_segment(linktype: int, data: bytes) -> Segment | None:
+    """The TCP segment in a frame of `linktype`, or None if it carries none.
+
+    IPv4 in Ethernet or raw IP (every tpmsniff capture, and most others) is read with
+    struct, with exactly dpkt's rules (tests/unit/inputs/test_capture.py checks them
+    against dpkt on any bytes); anything else goes through dpkt. Raises InputError for
+    a link type it does not know, and dpkt's errors for a frame dpkt cannot read."""
+    if linktype == 1:
+        if data[12:14] == b"\x08\x00":
+            return _tcp4(data[14:])
+    elif linktype in RAW_IP and data[:1] and data[0] >> 4 == 4:
+        return _tcp4(data)
+    ip = ip_packet(linktype, data)
+    if ip is None or not isinstance(ip.data, dpkt.tcp.TCP):
+        return None
+    tcp = ip.data
+    return ip.src, tcp.sport, ip.dst, tcp.dport, tcp.seq, tcp.flags, bytes(tcp.data)
+
+
+def _tcp4(buf: bytes) -> Segment | None:
+    """dpkt.ip.IP(buf) and its TCP, when it has one: a header of at least 20 bytes, the
+    payload cut at the total length (unless 0), no TCP unless protocol 6 at fragment
+    offset 0 and a TCP header of at least 20 bytes."""
+    if len(buf) < 20:
+        return None  # dpkt: NeedData
+    ihl = (buf[0] & 0xF) << 2
+    if ihl < 20:
+        return None  # dpkt: invalid header length
+    total, frag = _IP4_LEN_FRAG.unpack_from(buf, 2)
+    if buf[9] != 6 or frag & 0x1FFF:
+        return None
+    seg = buf[ihl:total] if total else buf[ihl:]
+    if len(seg) < 20:
+        return None
+    sport, dport, seq, off_flags = _TCP_HEAD.unpack_from(seg)
+    off = (off_flags >> 12) << 2
+    if off < 20:
+        return None
+    return buf[12:16], sport, buf[16:20], dport, seq, off_flags & 0x1FF, seg[off:]
+
+
 def _packets(path: str, fmt: str) -> Iterator[tuple[int, float, int, bytes]]:
     if fmt == "pcapng":
         for p in read_pcapng(path, options=False):
@@ -164,34 +211,31 @@ def frames_from_capture(path: str, fmt: str, ann: Annotator) -> Iterator[Frame]:
     try:
         for number, ts, link, data in _packets(path, fmt):
             try:
-                ip = ip_packet(link, data)
+                got = tcp_segment(link, data)
             except InputError:
                 if link not in unsupported:
                     unsupported.add(link)
                 continue
             except (dpkt.dpkt.UnpackError, ValueError, IndexError, struct.error):
                 continue
-            if ip is None or not isinstance(ip.data, dpkt.tcp.TCP):
+            if got is None:
                 continue
-            tcp = ip.data
-            a, b = (ip.src, tcp.sport), (ip.dst, tcp.dport)
+            src, sport, dst, dport, seq, flags, payload = got
+            a, b = (src, sport), (dst, dport)
             key = frozenset((a, b))
             st = streams.get(key)
-            flags = tcp.flags
             if st is None:
                 if flags & dpkt.tcp.TH_SYN and not flags & dpkt.tcp.TH_ACK:
                     server = b  # the SYN's destination
-                elif tcp.dport in TPM_PORTS or (
-                    tcp.sport not in TPM_PORTS and tcp.dport < tcp.sport
-                ):
+                elif dport in TPM_PORTS or (sport not in TPM_PORTS and dport < sport):
                     server = b
                 else:
                     server = a
                 st = streams[key] = _Stream(len(streams) + 1, server)
             to_server = b == st.server
             syn_fin = bool(flags & (dpkt.tcp.TH_SYN | dpkt.tcp.TH_FIN))
-            new = st.dirs[to_server].feed(tcp.seq, bytes(tcp.data), syn_fin)
-            ends[(st.conn, to_server)] = (tcp.seq + len(tcp.data) + syn_fin) & MASK
+            new = st.dirs[to_server].feed(seq, payload, syn_fin)
+            ends[(st.conn, to_server)] = (seq + len(payload) + syn_fin) & MASK
             if not new:
                 continue
             if st.machine is None:

@@ -25,6 +25,10 @@ from .records import Closed, Control, Opened, Record, Relayed, decode_stream
 log = structlog.get_logger("tpmsniff.pipeline")
 
 
+def _nothing() -> None:
+    pass
+
+
 class InProcessPipeline:
     def __init__(
         self,
@@ -91,6 +95,13 @@ class InProcessPipeline:
                 self._closed(rec.conn, rec.ts)
             else:
                 self._control(rec.what)
+        if self._deferred:  # a batch from the event loop: out to the files at once
+            self.flush()
+
+    def flush(self) -> None:
+        """Let every sink write what it buffered (the worker calls this after each batch
+        it reads; sinks without a buffer need not have the method)."""
+        self._each(lambda s: getattr(s, "flush", _nothing)())
 
     def _opened(self, info: ConnInfo) -> None:
         self._each(lambda s: s.conn_open(info))
@@ -129,6 +140,7 @@ class InProcessPipeline:
         with the records before it."""
         self.push(Control(what))
         self.drain()
+        self.flush()
 
     @property
     def exit_code(self) -> int:

@@ -52,6 +52,7 @@ _FR = {f: i for i, f in enumerate(_FRAMINGS)}
 # tag conn ts channel dir framing prefix locality ctrl_cmd number rawlen notelen
 # locality, ctrl_cmd and number are -1 for None; ctrl_cmd is any u32, so 64-bit signed.
 _EVENT = struct.Struct("<cQdBBBIhqqII")
+_EVENT_SIZE = _EVENT.size
 _OPEN = struct.Struct("<cQBdII")  # tag conn channel ts peerlen upstreamlen
 _CLOSE = struct.Struct("<cQd")  # tag conn ts
 
@@ -97,16 +98,21 @@ def decode(buf: bytes | memoryview) -> Record:
     """The inverse of `encode`. Raises ValueError on a record it cannot read."""
     tag = bytes(buf[:1])
     try:
-        if tag == b"E":
+        if tag == b"E":  # the hot path: two per round trip
             (_, conn, ts, ch, d, fr, prefix, loc, cmd, number, rawlen, notelen) = (
                 _EVENT.unpack_from(buf)
             )
-            off = _EVENT.size
-            note = bytes(buf[off : off + notelen]).decode() or None
-            raw = bytes(buf[off + notelen : off + notelen + rawlen])
-            msg = Message(raw, _FRAMINGS[fr], prefix, _none(loc), note)
-            ev = Event(_CHANNELS[ch], _DIRECTIONS[d], msg, _none(cmd))
-            return Relayed(conn, ts, ev, _none(number))
+            off = _EVENT_SIZE + notelen
+            note = bytes(buf[_EVENT_SIZE:off]).decode() or None if notelen else None
+            msg = Message(
+                bytes(buf[off : off + rawlen]),
+                _FRAMINGS[fr],
+                prefix,
+                None if loc < 0 else loc,
+                note,
+            )
+            ev = Event(_CHANNELS[ch], _DIRECTIONS[d], msg, None if cmd < 0 else cmd)
+            return Relayed(conn, ts, ev, None if number < 0 else number)
         if tag == b"O":
             _, conn, ch, ts, npeer, nup = _OPEN.unpack_from(buf)
             off = _OPEN.size

@@ -359,14 +359,18 @@ def _child(fd: int, make_pipeline: Callable[[], InProcessPipeline], status: int)
         return EXIT_STARTUP
     announce_started()
     buf = bytearray()
+    # read into one reused buffer: os.read(fd, 1 MiB) allocates (and maps) 1 MiB a call,
+    # whatever arrived, and most reads bring one small batch
+    space = bytearray(1 << 20)
+    view = memoryview(space)
     while True:
         try:
-            chunk = os.read(fd, 1 << 20)
+            got = os.readv(fd, [space])
         except InterruptedError:
             continue
-        if not chunk:
+        if not got:
             break
-        buf += chunk
+        buf += view[:got]
         off = 0
         while len(buf) - off >= 4:
             n = int.from_bytes(buf[off : off + 4], "little")
@@ -383,6 +387,7 @@ def _child(fd: int, make_pipeline: Callable[[], InProcessPipeline], status: int)
                 body.release()
             pipeline.push(rec)
         del buf[:off]
+        pipeline.flush()  # one write per output for what this read brought
     pipeline.close()
     log.debug("capture worker done", frames=pipeline.frames_seen)
     return pipeline.exit_code

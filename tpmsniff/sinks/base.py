@@ -83,5 +83,8 @@ class BaseSink:
     def control(self, what: str) -> None:
         pass
 
+    def flush(self) -> None:
+        """Write out what is buffered: the pipeline calls this after each batch."""
+
     def close(self) -> None:
         pass

@@ -7,12 +7,31 @@ import json
 import os
 from typing import Any, TextIO
 
-from ..model import Direction, Fields, Frame, SessionFacts, attrs_text
+from ..model import Direction, Fields, Frame, SessionFacts, TpmInfo, attrs_text
 from ..safefile import open_private
 from .base import BaseSink, SinkContext, check_writable
 
 
 def frame_to_dict(f: Frame, file: str | None = None) -> dict[str, Any]:
+    d = _head(f, file)
+    if f.tpm is not None:
+        d.update(_tpm_part(f.tpm, f.direction))
+    elif f.ctrl is not None:
+        d["command"] = f"CMD_{f.ctrl.name}"
+        d["ctrl_cmd"] = f.ctrl.cmd
+        d["fields"] = {k: v for k, v in f.ctrl.fields.items()}
+        if f.ctrl.result is not None:
+            d["rc"] = f.ctrl.result
+        d["param"] = "n/a"
+    else:
+        d["param"] = "n/a"
+    if f.error:
+        d["error"] = f.error
+    return d
+
+
+def _head(f: Frame, file: str | None) -> dict[str, Any]:
+    """What is the frame's own: where it is, when, its bytes."""
     d: dict[str, Any] = {
         "file": file,
         "frame": f.seq,
@@ -26,52 +45,69 @@ def frame_to_dict(f: Frame, file: str | None = None) -> dict[str, Any]:
     }
     if f.locality is not None:
         d["locality"] = f.locality
-    if f.tpm is not None:
-        t = f.tpm
-        d["cc"] = t.cc
-        d["command"] = t.name
-        if f.direction is Direction.RESPONSE:
-            d["rc"] = t.code
-            d["rc_text"] = t.rc_text
-        d["handles"] = [f"0x{h:08x}" for h in t.handles]
-        d["sessions"] = [
-            {
-                "handle": None if s.handle is None else f"0x{s.handle:08x}",
-                "attributes": attrs_text(s.attributes),
-                "password": s.is_password,
-                **({"facts": _facts(s.facts)} if s.facts is not None else {}),
-            }
-            for s in t.sessions
-        ]
-        d["param"] = str(t.param.verdict)
-        if t.param.type_name:
-            d["param_type"] = t.param.type_name
-        if t.param.strength:
-            d["strength"] = t.param.strength
-        if t.param.proof:
-            d["proof"] = t.param.proof
-        if t.param.plaintext:
-            d["plaintext"] = t.param.plaintext
-        if t.param.note:
-            d["note"] = t.param.note
-        if t.param.recovered is not None:
-            d["recovered_hex"] = t.param.recovered.hex()
-        if t.header_only:
-            d["header_only"] = True
-        if t.fields is not None:
-            d["fields"] = fields_to_dict(t.fields)
-    elif f.ctrl is not None:
-        d["command"] = f"CMD_{f.ctrl.name}"
-        d["ctrl_cmd"] = f.ctrl.cmd
-        d["fields"] = {k: v for k, v in f.ctrl.fields.items()}
-        if f.ctrl.result is not None:
-            d["rc"] = f.ctrl.result
-        d["param"] = "n/a"
-    else:
-        d["param"] = "n/a"
-    if f.error:
-        d["error"] = f.error
     return d
+
+
+def _tpm_part(t: TpmInfo, direction: Direction) -> dict[str, Any]:
+    """What follows from the decode alone (the same for every frame sharing it)."""
+    d: dict[str, Any] = {"cc": t.cc, "command": t.name}
+    if direction is Direction.RESPONSE:
+        d["rc"] = t.code
+        d["rc_text"] = t.rc_text
+    d["handles"] = [f"0x{h:08x}" for h in t.handles]
+    d["sessions"] = [
+        {
+            "handle": None if s.handle is None else f"0x{s.handle:08x}",
+            "attributes": attrs_text(s.attributes),
+            "password": s.is_password,
+            **({"facts": _facts(s.facts)} if s.facts is not None else {}),
+        }
+        for s in t.sessions
+    ]
+    d["param"] = str(t.param.verdict)
+    if t.param.type_name:
+        d["param_type"] = t.param.type_name
+    if t.param.strength:
+        d["strength"] = t.param.strength
+    if t.param.proof:
+        d["proof"] = t.param.proof
+    if t.param.plaintext:
+        d["plaintext"] = t.param.plaintext
+    if t.param.note:
+        d["note"] = t.param.note
+    if t.param.recovered is not None:
+        d["recovered_hex"] = t.param.recovered.hex()
+    if t.header_only:
+        d["header_only"] = True
+    if t.fields is not None:
+        d["fields"] = fields_to_dict(t.fields)
+    return d
+
+
+_SEP = (",", ":")
+_TPM_JSON_MAX = 512
+# decode -> its JSON members: the codec hands out one (frozen) TpmInfo for every repeat
+# of a message, so its text is made once; the entry keeps the TpmInfo, so its id is not
+# reused while it is here
+_tpm_json: dict[tuple[int, Direction], tuple[TpmInfo, str]] = {}
+
+
+def frame_line(f: Frame, file: str | None = None) -> str:
+    """json.dumps(frame_to_dict(f, file)) (compact), with the decode's part made once
+    per distinct decode (tests/unit/sinks/test_jsonl.py: equal on every recording)."""
+    t = f.tpm
+    if t is None:
+        return json.dumps(frame_to_dict(f, file), separators=_SEP)
+    key = (id(t), f.direction)
+    hit = _tpm_json.get(key)
+    if hit is None or hit[0] is not t:
+        if len(_tpm_json) >= _TPM_JSON_MAX:
+            _tpm_json.clear()
+        hit = (t, json.dumps(_tpm_part(t, f.direction), separators=_SEP)[1:-1])
+        _tpm_json[key] = hit
+    head = json.dumps(_head(f, file), separators=_SEP)
+    tail = ',"error":' + json.dumps(f.error) if f.error else ""
+    return f"{head[:-1]},{hit[1]}{tail}}}"
 
 
 def fields_to_dict(fs: Fields) -> dict[str, Any]:
@@ -129,7 +165,8 @@ class JsonlSink(BaseSink):
         file: str | None = None,
         flush: bool = True,
     ):
-        """flush: after every message (live: readable at once); offline leaves it to the end."""
+        """flush: at every flush() (live: after each batch, so a reader sees it at once);
+        offline leaves it to the end."""
         self._flush = flush
         self.path = path
         if out is None:
@@ -154,7 +191,9 @@ class JsonlSink(BaseSink):
             self.out = self._open(append=True)
 
     def frame(self, f: Frame) -> None:
-        self.out.write(json.dumps(frame_to_dict(f, self.file), separators=(",", ":")) + "\n")
+        self.out.write(frame_line(f, self.file) + "\n")
+
+    def flush(self) -> None:
         if self._flush:
             self.out.flush()
 

@@ -1,17 +1,20 @@
 """Annotated pcapng, laid out for Wireshark's TPM 2.0 dissector (the blocks and frames
-are encoded with dpkt in sinks/pcapfile.py, imported only when a capture is opened).
+are encoded in sinks/pcapfile.py, imported only when a capture is opened).
 
 Layout (docs/pcapng.md): Ethernet/IPv4/TCP on 127.0.0.1; one synthetic TCP stream per
 proxied connection with a handshake before its first message and FIN at close; the TPM
 side on port 2321 (control channel: 2326, which the TPM dissector does not claim); the
 client on a port above 50000; exactly one message per segment, each with an opt_comment
-and epb_flags (outbound = towards the TPM, inbound = from it). Every block is written
-with one unbuffered write, so a killed daemon leaves a readable file.
+and epb_flags (outbound = towards the TPM, inbound = from it). Blocks are queued and
+written whole, in one write per batch of records (`flush`, which the pipeline calls after
+each batch, and at most 64 KiB apart): a live reader sees each batch at once, and a
+killed daemon leaves a readable file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from ..model import CTRL_PORT, TPM_PORT, Channel, ConnInfo, Direction, Frame, Framing
+from ..model import CTRL_PORT, TPM_PORT, Channel, ConnInfo, Direction, Frame, Framing, TpmInfo
 from ..model.exits import EXIT_CAPTURE_LOST
 from ..safefile import STDOUT, is_stream
 from .base import BaseSink, OptionError, SinkContext, check_writable
@@ -29,6 +32,7 @@ log = structlog.get_logger("tpmsniff.pcapng")
 
 CLIENT_PORT_BASE = 50000
 CLIENT_PORTS = 15000  # 50000..64999, then the client address moves on
+COMMENT_CACHE = 256  # comments of repeated decodes kept
 MAX_SEGMENT = 65000  # IPv4 payload limit; only control state blobs get near it
 INBOUND, OUTBOUND = 0b01, 0b10
 # TCP header flags (RFC 9293 §3.1), as dpkt.tcp.TH_* (tests/unit/sinks/test_registry.py)
@@ -161,6 +165,7 @@ class PcapngSink(BaseSink):
         self._ring: list[str] = []
         self._n = 0
         self._streams: dict[int, _Stream] = {}
+        self._comments: dict[tuple[object, ...], tuple[TpmInfo, str]] = {}
         self._failed = False
         self._w: PcapngWriter | None = None
         self._w = self._open(first=True)
@@ -189,7 +194,11 @@ class PcapngSink(BaseSink):
     def _next_file(self) -> None:
         """Close the current file and start the next; open streams restart with a handshake."""
         if self._w is not None:
-            self._w.close()
+            try:
+                self._w.close()
+            except OSError as exc:
+                self._fail(exc)
+                return
         try:
             self._w = self._open()
         except OSError as exc:
@@ -271,11 +280,29 @@ class PcapngSink(BaseSink):
             st = self._streams[f.conn]
         if not st.started:
             self._start(st, f.ts)
-        comment = one_line(f)
+        comment = self._comment(f)
         for piece, note in self._pieces(f, comment):
             self._data(st, f, piece, note)
         if self.rotate is not None and self._w is not None and self._w.size >= self.rotate[0]:
             self._next_file()
+
+    def _comment(self, f: Frame) -> str:
+        """one_line(f), made once for frames that share their decode (the codec hands out
+        one frozen TpmInfo for every repeat of a session-less command): one_line reads
+        only the decode and the keyed fields. The entry keeps the TpmInfo alive, so its
+        id is not reused while cached."""
+        t = f.tpm
+        if t is None or f.ctrl is not None:
+            return one_line(f)
+        key = (id(t), f.conn, f.channel, f.direction, f.locality, f.framing, f.error)
+        hit = self._comments.get(key)
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        if len(self._comments) >= COMMENT_CACHE:
+            self._comments.clear()
+        text = one_line(f)
+        self._comments[key] = (t, text)
+        return text
 
     def _pieces(self, f: Frame, comment: str) -> list[tuple[bytes, str]]:
         """Split a message so each segment holds exactly one TPM message (or prefix/trailer)."""
@@ -327,12 +354,24 @@ class PcapngSink(BaseSink):
         self._failed = True
         self.exit_code = EXIT_CAPTURE_LOST
         if self._w is not None:
-            self._w.close()
+            with contextlib.suppress(OSError):
+                self._w.close()
             self._w = None
+
+    def flush(self) -> None:
+        """Write what is queued (the pipeline calls this after each batch of records)."""
+        if self._w is not None:
+            try:
+                self._w.flush()
+            except OSError as exc:
+                self._fail(exc)
 
     def close(self) -> None:
         for conn in list(self._streams):
             self.conn_close(conn, time.time())
         if self._w is not None:
-            self._w.close()
+            try:
+                self._w.close()
+            except OSError as exc:
+                self._fail(exc)
             self._w = None

@@ -25,3 +25,30 @@ async def test_worker_process_writes_every_record(tmp_path):
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == 201
     assert lines[0]["command"] == "GetRandom" and lines[-1]["ctrl_cmd"] == 0xFFFFFFFF
+
+
+async def test_the_worker_writes_each_batch_while_it_runs(tmp_path):
+    """A live reader of the capture sees every message of a batch before the stop: the
+    worker flushes its outputs after each read from the pipe, not only at close."""
+    import asyncio
+    import time
+
+    from tpmsniff.inputs.pcapng import read_pcapng
+    from tpmsniff.sinks.pcapng import PcapngSink
+
+    out = tmp_path / "w.pcapng"
+    worker = WorkerPipeline(lambda: InProcessPipeline([PcapngSink(str(out))], deferred=False))
+    await worker.started()
+    worker.conn_open(ConnInfo(1, Channel.TPM, "peer", "up", 0.0))
+    for _ in range(50):
+        worker.events(1, 0.0, [CMD_EV, RSP_EV])
+    deadline = time.monotonic() + 20
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = len(list(read_pcapng(str(out))))
+        if seen == 3 + 100:
+            break
+        await asyncio.sleep(0.01)  # poll the file: what a live reader does
+    assert seen == 3 + 100
+    assert worker.close() == 0
+    assert len(list(read_pcapng(str(out)))) == 3 + 100 + 3

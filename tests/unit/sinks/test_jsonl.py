@@ -56,3 +56,27 @@ def test_jsonl_schema():
         if f.tpm is not None:
             line = json.loads(json.dumps(frame_to_dict(f)))
             assert set(line["fields"]) >= {"handles", "parameters"}
+
+
+def test_frame_line_is_the_dict_dumped_on_every_recording_hit_or_miss():
+    """The fast line (the decode's JSON made once per distinct decode) equals dumping
+    frame_to_dict, for every frame of every recording, twice over (miss, then hit), with
+    the file name, a locality and an error set on some."""
+    from dataclasses import replace
+
+    from conftest import DATA
+
+    from tpmsniff.codec.annotate import Annotator
+    from tpmsniff.inputs import frames_from_input
+    from tpmsniff.sinks.jsonl import frame_line
+
+    frames = []
+    for cap in [*sorted(DATA.glob("*.pcapng")), *sorted(DATA.glob("*.swtpm.log"))]:
+        frames += [f for f in frames_from_input(str(cap), Annotator()) if f is not None]
+    assert len(frames) > 600
+    odd = [replace(frames[7], locality=3, error='bad "quote" ü'), replace(frames[8], error="x")]
+    for _ in range(2):
+        for i, f in enumerate([*frames, *odd]):
+            file = None if i % 2 else "in ü.pcapng"
+            want = json.dumps(frame_to_dict(f, file), separators=(",", ":"))
+            assert frame_line(f, file) == want

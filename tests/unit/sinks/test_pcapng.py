@@ -72,3 +72,103 @@ def test_writer_streams_blocks_to_a_fifo_as_they_are_made(tmp_path):
     assert got and got[0][:4] == b"\x0a\x0d\x0d\x0a"
     assert w.stream
     w.close()
+
+
+def _frames(n):
+    ann = Annotator()
+    out = []
+    for i in range(n):
+        for d, raw in ((Direction.COMMAND, CMD), (Direction.RESPONSE, RSP)):
+            out.append(ann.annotate(1, 1.0 + i, Event(Channel.TPM, d, Message(raw, Framing.RAW))))
+    return out
+
+
+def test_blocks_are_queued_and_one_flush_writes_them_all(tmp_path):
+    """A batch of frames costs one write: nothing past the headers before flush(), every
+    block (handshake and messages) after it, readable by a live reader."""
+    path = tmp_path / "b.pcapng"
+    sink = PcapngSink(str(path))
+    head = path.stat().st_size
+    for f in _frames(10):
+        sink.frame(f)
+    assert path.stat().st_size == head and sink._w.size > head
+    sink.flush()
+    assert path.stat().st_size == sink._w.size
+    assert len(list(read_pcapng(str(path)))) == 3 + 20
+    sink.close()
+    assert len(list(read_pcapng(str(path)))) == 3 + 20 + 3  # close: the FINs, written
+
+
+def test_a_full_queue_is_written_without_waiting_for_flush(tmp_path):
+    from tpmsniff.sinks.pcapfile import BUFFER
+
+    path = tmp_path / "q.pcapng"
+    sink = PcapngSink(str(path))
+    frames = _frames(BUFFER // 150 + 10)  # each block > 150 bytes
+    for f in frames:
+        sink.frame(f)
+    written = path.stat().st_size
+    assert written > BUFFER  # without a flush(), by whole blocks
+    assert len(list(read_pcapng(str(path)))) > 100
+    sink.close()
+
+
+def test_a_failed_flush_loses_the_capture_loudly_and_leaves_whole_blocks(tmp_path):
+    """Disk full at the batch write: exit 4 (EXIT_CAPTURE_LOST), the file keeps exactly
+    the whole blocks that fit (as when every block had its own write), the sink is
+    closed for good; the pipeline goes on."""
+    import errno
+
+    from tpmsniff.model.exits import EXIT_CAPTURE_LOST
+
+    path = tmp_path / "f.pcapng"
+    sink = PcapngSink(str(path))
+    for f in _frames(2):
+        sink.frame(f)
+    sink.flush()
+    good = path.stat().st_size
+    for f in _frames(2):
+        sink.frame(f)
+    queued = sink._w.size - good
+    limit = good + queued // 4 + queued // 8  # room for a block and a half of the four
+    real = os.write
+
+    def small_disk(fd, data):
+        room = limit - os.fstat(fd).st_size
+        if room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, bytes(data)[:room])
+
+    os.write = small_disk
+    try:
+        sink.flush()
+    finally:
+        os.write = real
+    assert sink.exit_code == EXIT_CAPTURE_LOST and sink._w is None
+    pkts = list(read_pcapng(str(path)))  # no partial block: every one reads
+    assert len(pkts) == 3 + 4 + 1 and good < path.stat().st_size <= limit
+    sink.frame(_frames(1)[0])  # the relay goes on; the capture does not
+    sink.close()
+    assert len(list(read_pcapng(str(path)))) == 3 + 4 + 1
+
+
+def test_cached_comments_are_one_line_of_every_frame(tmp_path):
+    """The comment cache (keyed by the shared decode) answers one_line(f) for every frame
+    of every recording and for repeats of one command on several connections."""
+    from dataclasses import replace
+
+    from conftest import DATA
+
+    from tpmsniff.inputs import frames_from_input
+    from tpmsniff.sinks.text import one_line
+
+    sink = PcapngSink(str(tmp_path / "c.pcapng"))
+    frames = []
+    for cap in [*sorted(DATA.glob("*.pcapng")), *sorted(DATA.glob("*.swtpm.log"))]:
+        frames += [f for f in frames_from_input(str(cap), Annotator()) if f is not None]
+    repeats = _frames(3)
+    repeats += [replace(repeats[0], conn=2), replace(repeats[0], locality=4, error="e")]
+    for _ in range(2):
+        for f in [*frames, *repeats]:
+            assert sink._comment(f) == one_line(f)
+    sink.close()
