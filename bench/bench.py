@@ -16,6 +16,10 @@ Columns (each a median over interleaved rounds: the machine may be shared and no
   relay, and its ratio to socat's (target >= 1.00).
 - rss: growth of relay + worker RSS over 60,000 commands (MiB, target < 5).
 - relay, worker: CPU µs per round trip (all threads of the relay process; the capture worker).
+
+Then a second table (bench/startstop.py): exec -> first relayed reply, READY=1, SIGTERM ->
+exit idle and with an idle client connected, and a per-test-TPM suite (50 cycles of start
+swtpm and the relay, 20 commands, stop both) against the same cycles direct; socat alongside.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import startstop  # bench/: the start/stop table
 
 ROOT = Path(__file__).resolve().parent.parent
 GETRANDOM = bytes.fromhex("80010000000c0000017b0010")
@@ -285,6 +291,8 @@ def main() -> int:
     ap.add_argument("--rss-commands", type=int, default=60000)
     ap.add_argument("--only", action="append", help="tpmsniff variants to run (repeatable)")
     ap.add_argument("--offline", action="store_true", help="also time offline decoding")
+    ap.add_argument("--ss-runs", type=int, default=5, help="start/stop runs (0: skip)")
+    ap.add_argument("--ss-cycles", type=int, default=50, help="per-test-TPM suite cycles")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     for tool in ("swtpm", "socat"):
@@ -447,10 +455,15 @@ def main() -> int:
         "goals: add50 <= 1.00, add99 <= 2.00, start <= 100 ms, 4cl/s vs socat >= 1.00, "
         f"rss < 5 MiB over {args.rss_commands} commands; took {time.monotonic() - t_begin:.0f} s"
     )
+    startstop_table = {}
+    if args.ss_runs > 0:
+        startstop_table = startstop.measure(args.ss_runs, args.ss_cycles)
+        startstop.print_table(startstop_table, args.ss_runs, args.ss_cycles)
     if args.offline:
         offline(200)
     if args.json:
-        Path(args.json).write_text(json.dumps({"table": table, "raw": res}, indent=2))
+        out = {"table": table, "raw": res, "startstop": startstop_table}
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 
