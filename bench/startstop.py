@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GETRANDOM = bytes.fromhex("80010000000c0000017b0010")
 SNIFF = [sys.executable, "-m", "tpmsniff"]
 POLL = 0.0005  # s between connection attempts: finer than any figure measured
+TREES = {"tpmsniff": ROOT}  # where each tpmsniff set-up runs from (--compare adds one)
 
 
 def roundtrip(s: socket.socket) -> None:
@@ -96,7 +97,8 @@ def one_start(kind: str, upstream: str, d: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     try:
         t0 = time.perf_counter()
-        p = subprocess.Popen(relay_cmd(kind, listen, upstream, d), cwd=ROOT, env=env)
+        cwd = TREES.get(kind, ROOT)
+        p = subprocess.Popen(relay_cmd(kind, listen, upstream, d), cwd=cwd, env=env)
         s = connect_when_up(listen, p, t0 + 30)
         roundtrip(s)
         out["first"] = (time.perf_counter() - t0) * 1000
@@ -108,7 +110,7 @@ def one_start(kind: str, upstream: str, d: Path) -> dict[str, float]:
         time.sleep(0.3)  # idle: the capture worker has started
         out["stop+cl"] = stop(p)
         s.close()
-        p = subprocess.Popen(relay_cmd(kind, listen, upstream, d), cwd=ROOT, env=env)
+        p = subprocess.Popen(relay_cmd(kind, listen, upstream, d), cwd=cwd, env=env)
         connect_when_up(listen, p, time.perf_counter() + 30).close()
         time.sleep(0.3)
         out["stop"] = stop(p)
@@ -131,9 +133,8 @@ def suite(kind: str | None, d: Path, cycles: int, commands: int = 20) -> float:
             connect_when_up(sock, sw, time.perf_counter() + 30).close()
             if kind is not None:
                 path = str(d / "suite.sock")
-                procs.append(
-                    subprocess.Popen(relay_cmd(kind, path, sock, d), cwd=ROOT, env=os.environ)
-                )
+                cmd = relay_cmd(kind, path, sock, d)
+                procs.append(subprocess.Popen(cmd, cwd=TREES.get(kind, ROOT)))
             s = connect_when_up(path, procs[-1], time.perf_counter() + 30)
             for _ in range(commands):
                 roundtrip(s)
@@ -168,7 +169,7 @@ def measure(runs: int, cycles: int, kinds: tuple[str, ...] = ("socat", "tpmsniff
             sw.wait(30)
         direct = suite(None, d, cycles)
         for k in kinds:
-            res[k]["suite"] = [suite(k if k != "tpmsniff" else "tpmsniff", d, cycles)]
+            res[k]["suite"] = [suite(k, d, cycles)]
     finally:
         shutil.rmtree(d, ignore_errors=True)
     table = {k: {key: med(v) for key, v in r.items()} for k, r in res.items()}
@@ -193,7 +194,7 @@ def print_table(table: dict, runs: int, cycles: int, say: Callable[[str], None] 
     def f(v: float | None, w: int, p: int = 1) -> str:
         return f"{'-':>{w}}" if v is None or v != v else f"{v:{w}.{p}f}"
 
-    for k in ("direct", "socat", "tpmsniff"):
+    for k in ("direct", "socat", *TREES):
         r = table.get(k)
         if r is None:
             continue
@@ -211,12 +212,17 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--cycles", type=int, default=50)
+    ap.add_argument("--compare", metavar="DIR", help="also a tpmsniff tree (e.g. before a change)")
     args = ap.parse_args()
     for tool in ("swtpm", "socat"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} not found; run `make deps`")
     load0 = os.getloadavg()[0]
-    table = measure(args.runs, args.cycles)
+    kinds: tuple[str, ...] = ("socat", "tpmsniff")
+    if args.compare:
+        TREES["compared"] = Path(args.compare).resolve()
+        kinds += ("compared",)
+    table = measure(args.runs, args.cycles, kinds)
     print(f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     print_table(table, args.runs, args.cycles)
     return 0
