@@ -66,6 +66,10 @@ class Cut(BaseException):
 
 
 def _raise_cut(signum: int, frame: object) -> None:
+    """The second stop request: raised once; any further signal is ignored (a Cut raised
+    inside the handling of the first would escape it)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     raise Cut()
 
 
@@ -347,16 +351,17 @@ class WorkerPipeline:
         """Tell the child to stop after the record in hand; kill it if it does not."""
         with contextlib.suppress(ValueError):  # further signals: no second cut
             for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, signal.SIG_IGN)
+                signal.signal(sig, signal.SIG_IGN)  # (cut=True came without a signal)
         self._close_pipe()
         self._out.clear()
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGUSR1)
         code = _wait_exit(self.pid, CUT_GRACE)
-        self._lost = True
         self._reaped(code, cut=True)
         lost = max(0, self._frames - self.written)
-        log.error("stop cut short: messages not written to the outputs", not_written=lost)
+        if lost or code not in (0, 1):  # (it may have just finished: then nothing is lost)
+            self._lost = True
+            log.error("stop cut short: messages not written to the outputs", not_written=lost)
 
     def _reaped(self, code: int, cut: bool = False) -> None:
         self._exit = code
@@ -385,8 +390,7 @@ def _restore_signals(previous: dict[int, object]) -> None:
 
 
 def _wait_exit(pid: int, grace: float) -> int:
-    """The child's exit code; SIGKILL if it has not exited within `grace` seconds (or a
-    further signal came)."""
+    """The child's exit code; SIGKILL if it has not exited within `grace` seconds."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
@@ -455,15 +459,16 @@ def _child(
             log.error("capture worker failed", error=start_error_text(exc))
         return EXIT_STARTUP
     announce_started()
-    done = _drain(fd, pipeline, written)
+    done, complete = _drain(fd, pipeline, written)
     pipeline.close()
-    log.debug("capture worker done", frames=done)
-    return combine(EXIT_CAPTURE_LOST, pipeline.exit_code) if _cut else pipeline.exit_code
+    log.debug("capture worker done", frames=done, complete=complete)
+    return pipeline.exit_code if complete else combine(EXIT_CAPTURE_LOST, pipeline.exit_code)
 
 
-def _drain(fd: int, pipeline: InProcessPipeline, written: mmap.mmap) -> int:
+def _drain(fd: int, pipeline: InProcessPipeline, written: mmap.mmap) -> tuple[int, bool]:
     """Every record from the pipe into the pipeline until EOF (or a cut); the count of
-    messages written so far goes to the shared page after each one."""
+    messages written so far goes to the shared page after each one. Returns that count
+    and whether every record was read (False: a cut stopped it early)."""
     buf = bytearray()
     done = 0
     while not _cut:
@@ -472,7 +477,7 @@ def _drain(fd: int, pipeline: InProcessPipeline, written: mmap.mmap) -> int:
         except InterruptedError:
             continue
         if not chunk:
-            break
+            return done, not buf  # EOF: a partial record left means the pipe was cut
         buf += chunk
         off = 0
         while len(buf) - off >= 4 and not _cut:
@@ -493,7 +498,7 @@ def _drain(fd: int, pipeline: InProcessPipeline, written: mmap.mmap) -> int:
                 done += 1
                 _COUNT.pack_into(written, 0, done)
         del buf[:off]
-    return done
+    return done, False
 
 
 def start_error_text(exc: BaseException) -> str:
