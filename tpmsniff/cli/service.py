@@ -150,7 +150,6 @@ class Daemon:
         self.pipeline = make_pipeline(args, extra)
         self.relays: list[Relay] = []
         self.native: NativeRelay | None = None
-        self.stopping = False  # a first SIGTERM/SIGINT: drain, then stop
         self.cut = asyncio.Event()  # a second one: stop now, say what was not written
         self._loop_signals: list[int] = []
 
