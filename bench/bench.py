@@ -16,6 +16,10 @@ Columns (each a median over interleaved rounds: the machine may be shared and no
   relay, and its ratio to socat's (target >= 1.00).
 - rss: growth of relay + worker RSS over 60,000 commands (MiB, target < 5).
 - relay, worker: CPU µs per round trip (all threads of the relay process; the capture worker).
+
+Then a second table (bench/startstop.py): exec -> first relayed reply, READY=1, SIGTERM ->
+exit idle and with an idle client connected, and a per-test-TPM suite (50 cycles of start
+swtpm and the relay, 20 commands, stop both) against the same cycles direct; socat alongside.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import startstop  # bench/: the start/stop table
 
 ROOT = Path(__file__).resolve().parent.parent
 GETRANDOM = bytes.fromhex("80010000000c0000017b0010")
@@ -362,6 +368,8 @@ def main() -> int:
     ap.add_argument("--no-offline", action="store_true", help="skip timing offline decoding")
     ap.add_argument("--offline-copies", type=int, default=100, help="copies in the large file")
     ap.add_argument("--offline-files", type=int, default=120, help="how many small files")
+    ap.add_argument("--ss-runs", type=int, default=5, help="start/stop runs (0: skip)")
+    ap.add_argument("--ss-cycles", type=int, default=50, help="per-test-TPM suite cycles")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     for tool in ("swtpm", "socat"):
@@ -536,11 +544,14 @@ def main() -> int:
             table[s]["cpu_ratio"] = both / socat_us
             print(f" {s.removeprefix('tpmsniff ')} {both:.1f} ({both / socat_us:.2f}x)", end="")
     print("; goal <= 3.00x socat")
+    startstop_table = {}
+    if args.ss_runs > 0:
+        startstop_table = startstop.measure(args.ss_runs, args.ss_cycles)
+        startstop.print_table(startstop_table, args.ss_runs, args.ss_cycles)
     off = {} if args.no_offline else offline(args.offline_copies, args.offline_files)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"table": table, "raw": res, "offline": off}, indent=2)
-        )
+        out = {"table": table, "raw": res, "offline": off, "startstop": startstop_table}
+        Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 
 

@@ -10,6 +10,8 @@ Errors are one line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from .. import __version__
@@ -44,14 +46,17 @@ examples:
   TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port=3321 tpm2_getrandom 8
 
 exit codes:
-  0  stopped cleanly (SIGTERM/SIGINT)
+  0  stopped cleanly (SIGTERM/SIGINT; every relayed message written). A second
+     SIGTERM/SIGINT cuts the stop short: one log line says how many messages were
+     not written, exit 4
   1  stopped cleanly, but a live check (--secret, --sensitive, --require-encrypted) failed
   2  usage error
   3  cannot start: listen address in use or not a socket, upstream unreachable, an
      output (--pcap, --jsonl) that cannot be opened safely or whose header cannot be
      written (symlink, not a regular file, another user's file, disk full)
   4  stopped cleanly, but outputs were lost while running (capture worker died or was
-     killed, disk full, write error): the relay went on without them. A violation (1)
+     killed, disk full, write error, stop cut short): the relay went on without
+     them. A violation (1)
      takes precedence, since the check that found it did run"""
 
 
@@ -154,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `tpmsniff` command. Run as the program (argv None), the daemon leaves with
+    os._exit once everything is written and closed: the interpreter's own teardown
+    (tens of ms) would only delay the exit a service manager waits for."""
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("check", "decode"):
         configure("console", "warning")
@@ -166,4 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         return decode.main(argv[1:])
     args = build_parser().parse_args(argv)
     configure(args.log_format, args.log_level)
-    return run(args)
+    code = run(args)
+    if as_program:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    return code

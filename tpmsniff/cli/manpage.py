@@ -22,11 +22,16 @@ usage error, or (\fBdecode\fR/\fBcheck\fR) an input that cannot be read
 .TP
 .B 3
 cannot start: listen address in use or not a socket, upstream unreachable, capture not writable
+.TP
+.B 4
+outputs lost while running (worker died, disk full, write error), or a stop cut short
+by a second SIGTERM/SIGINT (one log line gives the count not written)
 .SH SIGNALS
 .TP
 .B SIGTERM, SIGINT
-stop accepting, let in\-flight request/response pairs finish (2 s at most), write FIN
-records, close the capture, exit.
+stop accepting, let requests outstanding get their responses (2 s at most), write FIN
+records, wait until every relayed message is written to every output, exit. A second
+one cuts that wait short: exit 4.
 .TP
 .B SIGHUP
 start a new capture file at the configured path (logrotate \fIcreate\fR style).

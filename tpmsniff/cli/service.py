@@ -40,12 +40,15 @@ from ..transport.relay import Relay
 from .args import build_sinks, check_sink_options, parse_auths, sink_context, sinks_wait_on_open
 
 if TYPE_CHECKING:
+    from ..codec.annotate import Annotator
     from ..pipeline.inprocess import InProcessPipeline
 
 log = structlog.get_logger("tpmsniff")
 
 ROLES = {"auto": "auto", "qemu": "qemu", "swtpm": "data"}  # --mode -> Relay role
-DRAIN_POLLS, DRAIN_POLL = 40, 0.05  # at stop: in-flight pairs may finish (<= 2 s)
+# At stop, requests outstanding may get their responses: up to DRAIN_LIMIT s, looked at
+# every DRAIN_POLL s (a stop with nothing outstanding does not wait at all).
+DRAIN_LIMIT, DRAIN_POLL = 2.0, 0.001
 
 
 def make_pipeline(args: argparse.Namespace, extra: Sequence[FrameConsumer] = ()) -> FramePipeline:
@@ -69,7 +72,7 @@ def _in_process(
     args: argparse.Namespace,
     extra: Sequence[FrameConsumer],
     auth: dict[int, bytes],
-    **kw: bool,
+    deferred: bool = True,
 ) -> InProcessPipeline:
     if sinks_wait_on_open(args):
         announce_started()  # opening a named pipe waits for its reader: READY=1 first
@@ -77,10 +80,17 @@ def _in_process(
     ctx = sink_context(args, True, sys.stdout, sys.stderr)
     sinks = [*build_sinks(args, ctx), *extra]  # first: the capture files exist with a header
     announce_started()  # (in the worker) the daemon may say READY=1 now
-    from ..codec.annotate import Annotator  # then the decoder (tpm2-pytss: the slow import)
-    from ..pipeline.inprocess import InProcessPipeline
+    from ..pipeline.inprocess import InProcessPipeline, preload
 
-    return InProcessPipeline(sinks, Annotator(auth), **kw)
+    preload()  # the decoder (tpm2-pytss: the slow import), on a thread; the first
+    # message waits for it, connection records and a stop with nothing to decode do not
+
+    def annotator() -> Annotator:
+        from ..codec.annotate import Annotator
+
+        return Annotator(auth)
+
+    return InProcessPipeline(sinks, deferred=deferred, make_annotator=annotator)
 
 
 def _addr(text: str, what: str) -> Address:
@@ -140,6 +150,8 @@ class Daemon:
         self.pipeline = make_pipeline(args, extra)
         self.relays: list[Relay] = []
         self.native: NativeRelay | None = None
+        self.cut = asyncio.Event()  # a second one: stop now, say what was not written
+        self._loop_signals: list[int] = []
 
     async def serve(
         self,
@@ -161,6 +173,9 @@ class Daemon:
             if stop is None:
                 stop = self._signals(pipeline)
             await self._until_started(pipeline, stop)
+            if stop.is_set():  # stopped before the outputs were open: never "ready"
+                await self._shutdown()
+                return EXIT_OK
             log.info(
                 "ready",
                 listen=str(listen),
@@ -176,12 +191,14 @@ class Daemon:
             await self._shutdown()
             return EXIT_OK
         finally:
+            self._late_signals()
             if self.native is not None:
                 self.native.close()  # every record it made reaches the pipeline before
 
     def close(self) -> int:
-        """Close the pipeline (flushes every output); its exit code (0, 1 or 4)."""
-        return self.pipeline.close()
+        """Close the pipeline: wait until every output has every record (a second
+        SIGTERM/SIGINT cuts that short); its exit code (0, 1 or 4)."""
+        return self.pipeline.close(cut=self.cut.is_set())
 
     # -- the steps of serve() ------------------------------------------------------------
     def _start_native(self) -> FramePipeline:
@@ -241,13 +258,35 @@ class Daemon:
             raise
 
     def _signals(self, pipeline: FramePipeline) -> asyncio.Event:
-        """SIGTERM/SIGINT stop; SIGHUP reopens the capture files (logrotate `create`)."""
+        """SIGTERM/SIGINT stop (a second one cuts the stop short); SIGHUP reopens the
+        capture files (logrotate `create`)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stop_signal() -> None:
+            if stop.is_set():
+                self.cut.set()
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop_signal)
+            self._loop_signals.append(sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: reopen(pipeline))
+        self._loop_signals.append(signal.SIGHUP)
         return stop
+
+    def _late_signals(self) -> None:
+        """The loop is about to end: from now on a SIGTERM/SIGINT means "cut the stop
+        short" (the loop would leave them at their default, which kills us)."""
+        if not self._loop_signals:
+            return
+        loop = asyncio.get_running_loop()
+        for sig in self._loop_signals:
+            loop.remove_signal_handler(sig)
+        self._loop_signals.clear()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.cut.set())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     async def _until_started(self, pipeline: FramePipeline, stop: asyncio.Event) -> None:
         """Relaying already; READY=1 once the capture files are open (or a stop request).
@@ -267,12 +306,17 @@ class Daemon:
         starting.cancel()
 
     async def _shutdown(self) -> None:
+        """Stop accepting; requests outstanding get their responses (up to DRAIN_LIMIT,
+        unless a second signal comes); then every connection is closed."""
         notify("STOPPING=1")
         log.info("stopping", busy=any(r.busy for r in self.relays))
         for r in self.relays:
             r.stop_accepting()
-        for _ in range(DRAIN_POLLS):  # let in-flight request/response pairs finish
-            if not any(r.busy for r in self.relays):
+        loop = asyncio.get_running_loop()
+        end = loop.time() + DRAIN_LIMIT
+        while any(r.busy for r in self.relays) and not self.cut.is_set():
+            if loop.time() >= end:
+                log.warning("stopping: responses still outstanding after the drain limit")
                 break
             await asyncio.sleep(DRAIN_POLL)
         for r in self.relays:

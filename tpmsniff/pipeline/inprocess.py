@@ -7,26 +7,55 @@ it never propagates into the relay, and a broken sink does not stop the others.
 
 Offline (`deferred=False`) the same object is a `FrameConsumer` that the replay driver
 feeds with frames already annotated.
+
+The decoder (tpm2-pytss, the slow import) is made when the first message needs it, from
+`make_annotator`: a capture worker can take connection records, and be stopped, while it
+is still importing (preload() imports it on a thread meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import structlog
 
-from ..codec.annotate import Annotator
 from ..model import ConnInfo, Event, Frame, FrameConsumer
 from ..model.exits import EXIT_CAPTURE_LOST, combine
 from .records import Closed, Control, Opened, Record, Relayed, decode_stream
+
+if TYPE_CHECKING:
+    from ..codec.annotate import Annotator
 
 log = structlog.get_logger("tpmsniff.pipeline")
 
 
 def _nothing() -> None:
     pass
+
+
+def default_annotator() -> Annotator:
+    from ..codec.annotate import Annotator
+
+    return Annotator()
+
+
+def preload() -> threading.Thread:
+    """Import the decoder on a thread, so it is (nearly) ready when the first message
+    comes; whoever needs it first waits for the import lock, never imports twice."""
+
+    def load() -> None:
+        try:
+            import tpmsniff.codec.annotate  # noqa: F401
+        except Exception as exc:  # the first message says it again, where it matters
+            log.debug("decoder preload failed", error=repr(exc))
+
+    t = threading.Thread(target=load, name="decoder-import", daemon=True)
+    t.start()
+    return t
 
 
 class InProcessPipeline:
@@ -36,9 +65,11 @@ class InProcessPipeline:
         annotator: Annotator | None = None,
         *,
         deferred: bool = True,
+        make_annotator: Callable[[], Annotator] = default_annotator,
     ) -> None:
         self.sinks: list[FrameConsumer] = list(sinks)
-        self.annotator = annotator or Annotator()
+        self._annotator = annotator
+        self._make_annotator = make_annotator
         self._deferred = deferred  # False: process at once (worker process, offline)
         self._todo: deque[Record] = deque()
         self._scheduled = False
@@ -51,6 +82,13 @@ class InProcessPipeline:
     @property
     def frames_seen(self) -> int:
         return self._frames
+
+    @property
+    def annotator(self) -> Annotator:
+        """The decoder, made (imported) on first use."""
+        if self._annotator is None:
+            self._annotator = self._make_annotator()
+        return self._annotator
 
     # -- EventSink: called by the transport (cheap) ------------------------------
     def conn_open(self, info: ConnInfo) -> None:
@@ -107,7 +145,8 @@ class InProcessPipeline:
         self._each(lambda s: s.conn_open(info))
 
     def _closed(self, conn: int, ts: float) -> None:
-        self.annotator.close(conn)
+        if self._annotator is not None:  # no decoder yet: it holds nothing of conn
+            self._annotator.close(conn)
         self._each(lambda s: s.conn_close(conn, ts))
 
     def _control(self, what: str) -> None:
@@ -148,7 +187,8 @@ class InProcessPipeline:
         lost = EXIT_CAPTURE_LOST if self._broken else 0
         return combine(lost, *(s.exit_code for s in self.sinks))
 
-    def close(self) -> int:
+    def close(self, cut: bool = False) -> int:
+        """Everything queued is written (in-process there is no backlog to cut)."""
         self.drain()
         self._each(lambda s: s.close())
         return self.exit_code

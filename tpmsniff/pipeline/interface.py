@@ -38,6 +38,8 @@ class FramePipeline(EventSink, Protocol):
         """Non-zero if a sink says the run failed (a live check found a violation)."""
         ...
 
-    def close(self) -> int:
-        """Flush everything, close the sinks, and return `exit_code`."""
+    def close(self, cut: bool = False) -> int:
+        """Flush everything, close the sinks, and return `exit_code`. Every record handed
+        over is written first, however long that takes; `cut` (a second stop request)
+        gives up on what is not written yet, logs how much, and makes the code 4."""
         ...

@@ -9,6 +9,13 @@ relay process; above `HIGH_WATER` bytes the relay stops reading its clients unti
 queue is below `LOW_WATER` again. Memory stays bounded and no frame is lost; interactive
 TPM traffic never gets near the mark. A sink that fails (disk full) stops writing rather
 than slowing down, so it does not trigger this.
+
+At stop the relay closes the pipe after the last record and waits, without a time limit,
+for the child to have written every record. Only a second SIGTERM/SIGINT (or systemd's
+stop timeout, docs/deploy.md) cuts that short: the child is told to stop after the
+record in hand (SIGUSR1), and one log line says how many messages were not written
+(exit 4). The child counts what it has written in a page shared with the relay, so the
+relay knows that count even when the child was killed.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import mmap
 import os
+import select
 import signal
-import time
+import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -46,7 +55,22 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 READY_TIMEOUT = 60.0  # s: the worker opens its outputs and writes their headers
+CUT_GRACE = 2.0  # s: after SIGUSR1 (cut), the child ends the record in hand, then SIGKILL
 _status_fd = -1  # in the worker: where it says its outputs are open (or why not)
+_cut = False  # in the worker: SIGUSR1 came, stop after the record in hand
+_COUNT = struct.Struct("<Q")  # the shared page: messages the child has written
+
+
+class Cut(BaseException):
+    """A second SIGTERM/SIGINT while the relay waits for the worker to finish."""
+
+
+def _raise_cut(signum: int, frame: object) -> None:
+    """The second stop request: raised once; any further signal is ignored (a Cut raised
+    inside the handling of the first would escape it)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Cut()
 
 
 class WorkerStartError(Exception):
@@ -63,6 +87,7 @@ class WorkerPipeline:
     def __init__(self, make_pipeline: Callable[[], InProcessPipeline]) -> None:
         r, w = os.pipe()
         status_r, status_w = os.pipe()
+        self._written = mmap.mmap(-1, _COUNT.size)  # shared with the child after the fork
         pid = os.fork()
         if pid == 0:  # child
             global _status_fd
@@ -71,7 +96,7 @@ class WorkerPipeline:
             _status_fd = status_w
             code = EXIT_CAPTURE_LOST
             try:
-                code = _child(r, make_pipeline, status_w)
+                code = _child(r, make_pipeline, status_w, self._written)
             except BaseException as exc:  # say why, then leave without running parent code
                 log.error("capture worker failed", error=repr(exc))
             finally:
@@ -276,9 +301,16 @@ class WorkerPipeline:
         os.close(self._fd)
         self._fd = -1
 
-    def close(self, timeout: float = 10.0) -> int:
-        """Flush what is queued (blocking), close the pipe and reap the child; returns
-        `exit_code`."""
+    @property
+    def written(self) -> int:
+        """Messages the worker has written so far (read from the page it shares)."""
+        return int(_COUNT.unpack_from(self._written)[0])
+
+    def close(self, cut: bool = False) -> int:
+        """Flush what is queued, close the pipe and wait until the worker has written
+        every record (however long that takes); returns `exit_code`. `cut` (a second stop
+        request came already), or a SIGTERM/SIGINT meanwhile, stops it early: one log
+        line says how many messages were not written, and the exit code is 4."""
         self._stop_writer()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
@@ -290,29 +322,89 @@ class WorkerPipeline:
             with contextlib.suppress(Exception):  # the loop may be closed already
                 self._pidfd_loop.remove_reader(self._pidfd)
         self._close_pidfd()
-        if self._fd >= 0:
-            os.set_blocking(self._fd, True)
-            with contextlib.suppress(OSError):
-                while self._out:
-                    del self._out[: os.write(self._fd, self._out)]
-            os.close(self._fd)
-            self._fd = -1
-        if self._exit is None:
-            self._exit = _reap(self.pid, timeout)
-            if self._exit not in (0, 1, EXIT_CAPTURE_LOST) and not self._start_failed:
-                log.error("capture worker ended abnormally", status=self._exit)
+        if self._exit is not None:
+            return self.exit_code
+        previous = _catch_stop_signals()
+        try:
+            if cut:
+                raise Cut()
+            self._finish()
+        except Cut:
+            self._cut_short()
+        finally:
+            _restore_signals(previous)
         return self.exit_code
 
+    def _finish(self) -> None:
+        """Every queued record into the pipe, then the child's exit (a blocking wait: a
+        signal raises Cut out of it)."""
+        if self._fd >= 0:
+            os.set_blocking(self._fd, True)
+            with contextlib.suppress(BrokenPipeError):
+                while self._out:
+                    del self._out[: os.write(self._fd, self._out)]
+            self._close_pipe()
+        _, status = os.waitpid(self.pid, 0)
+        self._reaped(os.waitstatus_to_exitcode(status))
 
-def _reap(pid: int, timeout: float) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    def _cut_short(self) -> None:
+        """Tell the child to stop after the record in hand; kill it if it does not."""
+        with contextlib.suppress(ValueError):  # further signals: no second cut
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)  # (cut=True came without a signal)
+        self._close_pipe()
+        self._out.clear()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGUSR1)
+        code = _wait_exit(self.pid, CUT_GRACE)
+        self._reaped(code, cut=True)
+        lost = max(0, self._frames - self.written)
+        if lost or code not in (0, 1):  # (it may have just finished: then nothing is lost)
+            self._lost = True
+            log.error("stop cut short: messages not written to the outputs", not_written=lost)
+
+    def _reaped(self, code: int, cut: bool = False) -> None:
+        self._exit = code
+        if code not in (0, 1, EXIT_CAPTURE_LOST) and not self._start_failed and not cut:
+            log.error("capture worker ended abnormally", status=code)
+
+    def _close_pipe(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _catch_stop_signals() -> dict[int, object]:
+    """While the relay waits for the worker: SIGTERM/SIGINT raise Cut (main thread only;
+    elsewhere nothing changes)."""
+    previous: dict[int, object] = {}
+    with contextlib.suppress(ValueError):  # not the main thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _raise_cut)
+    return previous
+
+
+def _restore_signals(previous: dict[int, object]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def _wait_exit(pid: int, grace: float) -> int:
+    """The child's exit code; SIGKILL if it has not exited within `grace` seconds."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = -1
+    try:
+        if pidfd >= 0:
+            select.select([pidfd], [], [], grace)
         done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
     return os.waitstatus_to_exitcode(status)
 
 
@@ -341,11 +433,20 @@ def announce_started() -> None:
         _status_fd = -1
 
 
-def _child(fd: int, make_pipeline: Callable[[], InProcessPipeline], status: int) -> int:
+def _on_cut(signum: int, frame: object) -> None:
+    global _cut
+    _cut = True
+
+
+def _child(
+    fd: int, make_pipeline: Callable[[], InProcessPipeline], status: int, written: mmap.mmap
+) -> int:
     global _status_fd
-    # The parent decides when we stop: by closing the pipe after the last record.
+    # The parent decides when we stop: by closing the pipe after the last record, or by
+    # SIGUSR1 (a stop cut short), after which the record in hand is the last.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, _on_cut)
     _pin_worker()
     try:
         pipeline = make_pipeline()  # calls announce_started() once its outputs are open
@@ -358,21 +459,32 @@ def _child(fd: int, make_pipeline: Callable[[], InProcessPipeline], status: int)
             log.error("capture worker failed", error=start_error_text(exc))
         return EXIT_STARTUP
     announce_started()
+    done, complete = _drain(fd, pipeline, written)
+    pipeline.close()
+    log.debug("capture worker done", frames=done, complete=complete)
+    return pipeline.exit_code if complete else combine(EXIT_CAPTURE_LOST, pipeline.exit_code)
+
+
+def _drain(fd: int, pipeline: InProcessPipeline, written: mmap.mmap) -> tuple[int, bool]:
+    """Every record from the pipe into the pipeline until EOF (or a cut); the count of
+    messages written so far goes to the shared page after each flush. Returns that count
+    and whether every record was read (False: a cut stopped it early)."""
     buf = bytearray()
     # read into one reused buffer: os.read(fd, 1 MiB) allocates (and maps) 1 MiB a call,
     # whatever arrived, and most reads bring one small batch
     space = bytearray(1 << 20)
     view = memoryview(space)
-    while True:
+    done = pushed = 0
+    while not _cut:
         try:
             got = os.readv(fd, [space])
         except InterruptedError:
             continue
         if not got:
-            break
+            return done, not buf  # EOF: a partial record left means the pipe was cut
         buf += view[:got]
         off = 0
-        while len(buf) - off >= 4:
+        while len(buf) - off >= 4 and not _cut:
             n = int.from_bytes(buf[off : off + 4], "little")
             if len(buf) - off - 4 < n:
                 break
@@ -386,11 +498,16 @@ def _child(fd: int, make_pipeline: Callable[[], InProcessPipeline], status: int)
             finally:
                 body.release()
             pipeline.push(rec)
+            if isinstance(rec, Relayed):
+                pushed += 1
         del buf[:off]
         pipeline.flush()  # one write per output for what this read brought
-    pipeline.close()
-    log.debug("capture worker done", frames=pipeline.frames_seen)
-    return pipeline.exit_code
+        if pushed != done:  # written means flushed: a kill after this loses nothing counted
+            done = pushed
+            _COUNT.pack_into(written, 0, done)
+    pipeline.flush()  # a cut: what was pushed before it is written too
+    _COUNT.pack_into(written, 0, pushed)
+    return pushed, False
 
 
 def start_error_text(exc: BaseException) -> str:

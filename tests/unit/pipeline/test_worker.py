@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 from helpers.recorder import CMD_EV, RSP_EV
+from structlog.testing import capture_logs
 
 from tpmsniff.model import Channel, ConnInfo, Direction, Event, Framing, Message
+from tpmsniff.model.exits import EXIT_CAPTURE_LOST
 from tpmsniff.pipeline import InProcessPipeline, WorkerPipeline
 from tpmsniff.sinks.jsonl import JsonlSink
 
@@ -52,3 +56,52 @@ async def test_the_worker_writes_each_batch_while_it_runs(tmp_path):
     assert seen == 3 + 100
     assert worker.close() == 0
     assert len(list(read_pcapng(str(out)))) == 3 + 100 + 3
+
+
+class Slow:
+    """A sink that takes 20 ms per frame: the worker's drain at close takes seconds."""
+
+    exit_code = 0
+
+    def frame(self, f) -> None:
+        time.sleep(0.02)
+
+    def conn_open(self, info) -> None: ...
+    def conn_close(self, conn, ts) -> None: ...
+    def control(self, what) -> None: ...
+    def close(self) -> None: ...
+
+
+async def test_cut_stops_after_the_record_in_hand_and_counts_the_rest(tmp_path):
+    """close(cut=True) while the worker is still writing: it stops after the record in
+    hand, the code is 4, and one line gives exactly the messages not written."""
+    out = tmp_path / "w.jsonl"
+    worker = WorkerPipeline(
+        lambda: InProcessPipeline([JsonlSink(str(out)), Slow()], deferred=False)
+    )
+    await worker.started()
+    worker.conn_open(ConnInfo(1, Channel.TPM, "peer", "up", 0.0))
+    for _ in range(3):
+        worker.events(1, 0.0, [CMD_EV, RSP_EV])
+    # written counts what reached the files: a batch counts once flushed
+    while worker.written < 6:  # records reach the worker within FLUSH_DELAY
+        await asyncio.sleep(0.01)
+    for _ in range(97):
+        worker.events(1, 0.0, [CMD_EV, RSP_EV])
+    with capture_logs() as logs:
+        assert worker.close(cut=True) == EXIT_CAPTURE_LOST
+    written = worker.written
+    assert 6 <= written < 200
+    cut = [e for e in logs if e["event"].startswith("stop cut short")]
+    assert [e["not_written"] for e in cut] == [200 - written]
+    assert len(out.read_text().splitlines()) == written
+    assert not [e for e in logs if e["event"] == "capture worker ended abnormally"]
+
+
+def test_connection_records_alone_never_make_the_decoder():
+    """A worker stopped before any message came never waits for the decoder's import."""
+    made = []
+    p = InProcessPipeline([], deferred=False, make_annotator=lambda: made.append(1))
+    p.conn_open(ConnInfo(1, Channel.TPM, "peer", "up", 0.0))
+    p.conn_close(1, 0.0)
+    assert p.close() == 0 and made == []
