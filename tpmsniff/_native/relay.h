@@ -20,6 +20,7 @@ int tn_add(tn_relay *r, int cfd, int ufd, uint64_t conn, size_t max_message,
            const uint8_t *early, size_t early_len);
 void tn_pause(tn_relay *r, int paused);
 int tn_active(tn_relay *r);
+uint64_t tn_lost(tn_relay *r);
 void tn_close_all(tn_relay *r);
 void tn_stop(tn_relay *r);
 size_t tn_take_out(tn_relay *r, uint8_t *dst, size_t cap);
