@@ -1,16 +1,19 @@
 /* tpmsniff native data-channel relay: one epoll thread owns the read/write hot path of
- * TPM data-channel pairs (client <-> swtpm) and the 10-byte header framing; it hands
- * records to Python through a pipe, in batches, already encoded in the worker's record
- * format (tpmsniff/pipeline/records.py). Python keeps accepting, role detection, the
- * control channels (QEMU's fd passing), and everything after the relay.
+ * TPM data-channel pairs (client <-> swtpm) and the 10-byte header framing; it makes
+ * records already encoded in the worker's record format (tpmsniff/pipeline/records.py)
+ * and Python takes them in batches (tn_take swaps the buffer out: the lock is held for
+ * the swap only). Python keeps accepting, role detection, the control channels (QEMU's
+ * fd passing), and everything after the relay.
  *
  * The relay rules (docs/protocols.md §4-§6) mirror tpmsniff/codec/channels.py
  * DataChannel exactly: each whole request goes upstream in one write, one framed request
  * outstanding at a time (the next is not even read from the client until the response is
  * complete: the kernel's socket buffer is the queue), each upstream read is forwarded to
- * the client at once and unsplit, EOF is passed on, and nothing is dropped: while the
- * record buffer is above its high-water mark (or Python says the worker is congested)
- * clients are not read.
+ * the client at once and unsplit, and the end of stream is handled as docs/protocols.md
+ * "End of stream" says (the same policy as transport/conn.py). Nothing is dropped: while
+ * the record buffer is above its high-water mark (or Python says the worker is
+ * congested) clients are not read; a record that cannot be made is counted (tn_lost)
+ * and its pair closed.
  *
  * Framing decisions are the pure functions tn_next_request / tn_next_response, which the
  * unit tests fuzz against the Python framers (tests/unit/_native/test_relay.py). */
@@ -211,32 +214,39 @@ struct pair {
     int upgone;     /* swtpm closed: the client gets the last bytes, then is closed */
     int fail;       /* an allocation or epoll_ctl failed: the pair is closed */
     int creg;       /* cfd is registered in epoll */
+    int busy;       /* counted in nbusy (pair_busy) */
     uint32_t cmask, umask;
     struct side cs, us;
     struct pair *next;
 };
 
 struct tn_relay {
-    int epfd, evfd, outfd;
+    int epfd, evfd, notefd; /* evfd wakes the thread; notefd tells Python records wait */
     pthread_t thread;
     int started;
     pthread_mutex_t mu;
     struct pair *pending; /* added by Python, not yet registered (under mu) */
     struct pair *active;  /* owned by the thread */
-    int stop, close_all, paused, out_blocked, out_retry; /* stop/close_all/paused under mu */
-    pthread_mutex_t omu;  /* the record buffer and the pipe: Python takes both under it */
-    int cur_paused;
-    int nactive;   /* atomic */
-    uint64_t lost; /* atomic: records that could not be made or handed over */
-    struct buf out;       /* records not yet in a batch */
-    uint32_t out_frames;  /* event records in `out` */
-    uint32_t wr_frames;   /* event records in `wr` */
-    struct buf closed;    /* u64 ids of the connections closed in `out` (Python logs them) */
-    struct buf wr;        /* the batch being written to Python: u32 len, u32 frames, records */
-    size_t wr_off;
+    /* under mu: set by Python */
+    int stop, close_all, paused;
+    uint64_t drain_gen; /* bumped by tn_drain */
+    struct buf closing; /* u64 ids Python asked to close (tn_close_conn) */
+    /* the thread's copies, taken at the end of each loop iteration */
+    int cur_paused, cur_draining;
+    uint64_t drain_ack; /* atomic: the drain_gen the thread has acted on */
+    int nactive;        /* atomic */
+    int nbusy;          /* atomic: pairs with a request outstanding (pair_busy) */
+    uint64_t lost;      /* atomic: records that could not be made */
+    /* under omu: the records not yet taken by Python (tn_take swaps the buffers out,
+     * so the lock is held only to append a record or to swap: never while Python runs) */
+    pthread_mutex_t omu;
+    struct buf out;      /* length-prefixed records */
+    uint32_t out_frames; /* event records in `out` */
+    struct buf closed;   /* u64 ids of the connections closed in `out` (Python logs them) */
+    int notified;        /* Python was told (notefd) and has not taken since */
     struct timespec first;
     uint8_t ch_tpm, dir_cmd, dir_rsp, fr[4];
-    struct side evside, outside;
+    struct side evside;
     uint8_t chunk[READ_CHUNK]; /* the thread's read buffer (one per relay, not shared) */
 };
 
@@ -330,99 +340,40 @@ static void emit_close(struct tn_relay *r, struct pair *p) {
     pthread_mutex_unlock(&r->omu);
 }
 
-static void flush_out_locked(struct tn_relay *r);
-static void flush_out(struct tn_relay *r) {
+/* Tell Python records wait (once, until it takes them): every FLUSH_NS, or at once when
+ * FLUSH_BYTES are waiting or the relay stops, so Python handles a batch at a time. */
+static void notify_python(struct tn_relay *r, int now) {
     pthread_mutex_lock(&r->omu);
-    flush_out_locked(r);
+    if (r->out.len && !r->notified &&
+        (now || r->out.len >= FLUSH_BYTES || ns_since(&r->first) >= FLUSH_NS)) {
+        uint64_t one = 1;
+        if (write(r->notefd, &one, sizeof one) == sizeof one || errno == EAGAIN)
+            r->notified = 1; /* EAGAIN: the counter is full, so Python is told already */
+    }
     pthread_mutex_unlock(&r->omu);
 }
 
-/* Records go to Python in batches, so that Python handles a batch, not a record, at a
- * time: `u32 length | u32 events | u32 closes | u64 closed connection ids | records`
- * (length counts the ids and the records). */
-static size_t batch_size(struct tn_relay *r) {
-    return r->out.len ? 12 + r->closed.len + r->out.len : 0;
+/* ms until Python should be told, or -1 */
+static int notify_timeout(struct tn_relay *r) {
+    int timeout = -1;
+    pthread_mutex_lock(&r->omu);
+    if (r->out.len && !r->notified) {
+        int64_t left = FLUSH_NS - ns_since(&r->first);
+        timeout = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+    }
+    pthread_mutex_unlock(&r->omu);
+    return timeout;
 }
 
-static void batch_into(struct tn_relay *r, uint8_t *dst) {
-    put_le(dst, r->closed.len + r->out.len, 4);
-    put_le(dst + 4, r->out_frames, 4);
-    put_le(dst + 8, r->closed.len / 8, 4);
-    memcpy(dst + 12, r->closed.p, r->closed.len);
-    memcpy(dst + 12 + r->closed.len, r->out.p, r->out.len);
-    r->out.len = 0;
-    r->closed.len = 0;
-    r->out_frames = 0;
-}
-
-static void flush_out_locked(struct tn_relay *r) {
-    r->out_retry = 0;
-    for (;;) {
-        if (r->wr_off == r->wr.len) { /* nothing in flight: the next batch */
-            r->wr.len = r->wr_off = 0;
-            r->wr_frames = 0;
-            if (r->out.len == 0)
-                break;
-            size_t n = batch_size(r);
-            if (buf_reserve(&r->wr, n) < 0) {
-                r->out_retry = 1; /* out of memory: try again in a millisecond */
-                return;
-            }
-            r->wr_frames = r->out_frames;
-            batch_into(r, r->wr.p);
-            r->wr.len = n;
-        }
-        if (r->outfd < 0)
-            return;
-        ssize_t n = write(r->outfd, r->wr.p + r->wr_off, r->wr.len - r->wr_off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN) {
-                if (!r->out_blocked) {
-                    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = &r->outside};
-                    if (xepoll_ctl(r->epfd, EPOLL_CTL_ADD, r->outfd, &ev) == 0)
-                        r->out_blocked = 1;
-                    else
-                        r->out_retry = 1; /* cannot wait for the pipe: poll it */
-                }
-                return;
-            }
-            /* Python is gone: the relay goes on without capture; what is lost is counted */
-            lose(r, r->wr_frames + r->out_frames);
-            r->wr.len = r->wr_off = r->out.len = r->closed.len = 0;
-            r->out_frames = r->wr_frames = 0;
-            return;
-        }
-        r->wr_off += (size_t)n;
-    }
-    if (r->out.cap > FLUSH_BYTES) { /* give back what a burst took */
-        free(r->out.p);
-        r->out.p = NULL;
-        r->out.cap = 0;
-    }
-    if (r->wr.cap > FLUSH_BYTES) {
-        free(r->wr.p);
-        r->wr.p = NULL;
-        r->wr.cap = 0;
-    }
-    if (r->out_blocked) {
-        epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->outfd, NULL);
-        r->out_blocked = 0;
-    }
-}
-
-/* the thread reads the record buffer's length without the lock (Python may shrink it) */
+/* the thread reads the record buffer's length without the lock (Python may take it) */
 static size_t out_len(struct tn_relay *r) {
-    return __atomic_load_n(&r->out.len, __ATOMIC_RELAXED) +
-           (__atomic_load_n(&r->wr.len, __ATOMIC_RELAXED) -
-            __atomic_load_n(&r->wr_off, __ATOMIC_RELAXED));
+    return __atomic_load_n(&r->out.len, __ATOMIC_RELAXED);
 }
 
 /* room to read the client now (whether or not a request is outstanding) */
 static int may_read(struct tn_relay *r, struct pair *p) {
-    return !p->eof && !p->upgone && !r->cur_paused && out_len(r) < OUT_HIGH &&
-           p->rq.len < p->rq.cap;
+    return !p->eof && !p->upgone && !r->cur_paused && !r->cur_draining &&
+           out_len(r) < OUT_HIGH && p->rq.len < p->rq.cap;
 }
 
 static int client_readable(struct tn_relay *r, struct pair *p) {
@@ -430,6 +381,22 @@ static int client_readable(struct tn_relay *r, struct pair *p) {
 }
 
 static void finish(struct tn_relay *r, struct pair *p);
+
+/* "Busy" (tn_busy: what a stop waits for) is a request outstanding: forwarded to swtpm
+ * (or still to go after the client's EOF) and its response not yet all written to the
+ * client. A connection that is merely open (QEMU's always is) is not busy. */
+static int pair_busy(const struct pair *p) {
+    return !p->done && (p->waiting || p->uw.len || p->cw.len ||
+                        (p->eof && !p->shut && !p->upgone && p->rq.len));
+}
+
+static void busy_update(struct tn_relay *r, struct pair *p) {
+    int b = pair_busy(p);
+    if (b != p->busy) {
+        p->busy = b;
+        __atomic_add_fetch(&r->nbusy, b ? 1 : -1, __ATOMIC_SEQ_CST);
+    }
+}
 
 static void set_mask(struct tn_relay *r, struct pair *p) {
     if (p->done)
@@ -634,6 +601,7 @@ static void finish(struct tn_relay *r, struct pair *p) {
     }
     close(p->cfd);
     p->creg = 0;
+    busy_update(r, p);
     __atomic_sub_fetch(&r->nactive, 1, __ATOMIC_SEQ_CST);
 }
 
@@ -664,7 +632,15 @@ static void upstream_closed(struct tn_relay *r, struct pair *p) {
 }
 
 static void on_client(struct tn_relay *r, struct pair *p, uint32_t ev) {
-    if (ev & EPOLLERR) { /* a reset: swtpm's connection is closed at once */
+    if (ev & EPOLLERR) {
+        /* a reset: what arrived before it still goes if it may (swtpm, reading the same
+         * socket directly, would have it too: the Python relay reads it first as well),
+         * then swtpm's connection is closed at once */
+        if ((ev & EPOLLIN) && client_readable(r, p)) {
+            client_read(r, p);
+            if (!p->done)
+                pump(r, p);
+        }
         finish(r, p);
         return;
     }
@@ -765,18 +741,23 @@ static void add_pending(struct tn_relay *r) {
     }
 }
 
+static int closing_wanted(const struct buf *ids, uint64_t conn) {
+    for (size_t i = 0; i + 8 <= ids->len; i += 8) {
+        uint64_t v = 0;
+        for (int k = 0; k < 8; k++)
+            v |= (uint64_t)ids->p[i + k] << (8 * k);
+        if (v == conn)
+            return 1;
+    }
+    return 0;
+}
+
 static void *run(void *arg) {
     struct tn_relay *r = arg;
     struct epoll_event evs[64];
+    struct buf closing = {0};
     for (;;) {
-        int timeout = -1; /* with records waiting: the end of the batch interval */
-        if (r->out_retry) {
-            timeout = 1;
-        } else if (!r->out_blocked && __atomic_load_n(&r->out.len, __ATOMIC_RELAXED)) {
-            int64_t left = FLUSH_NS - ns_since(&r->first);
-            timeout = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
-        }
-        int n = epoll_wait(r->epfd, evs, 64, timeout);
+        int n = epoll_wait(r->epfd, evs, 64, notify_timeout(r));
         if (n < 0 && errno != EINTR)
             break;
         for (int i = 0; i < n; i++) {
@@ -787,10 +768,6 @@ static void *run(void *arg) {
                     continue;
                 continue;
             }
-            if (s == &r->outside) {
-                flush_out(r);
-                continue;
-            }
             struct pair *p = s->pair;
             if (p->done || (s->up && p->ufd < 0) || (!s->up && !p->creg))
                 continue; /* an event from before this iteration changed the pair */
@@ -798,22 +775,26 @@ static void *run(void *arg) {
                 on_upstream(r, p, evs[i].events);
             else
                 on_client(r, p, evs[i].events);
+            busy_update(r, p);
         }
         pthread_mutex_lock(&r->mu);
         int stop = r->stop, close_all = r->close_all, paused = r->paused;
+        uint64_t drain = r->drain_gen;
         r->close_all = 0;
+        struct buf swap = r->closing; /* the ids to close, taken whole */
+        r->closing = closing;
+        closing = swap;
         pthread_mutex_unlock(&r->mu);
         add_pending(r);
-        size_t pending = __atomic_load_n(&r->out.len, __ATOMIC_RELAXED);
-        if (!r->out_blocked && (pending >= FLUSH_BYTES || r->out_retry ||
-                                (pending && ns_since(&r->first) >= FLUSH_NS) || close_all || stop))
-            flush_out(r);
         r->cur_paused = paused;
+        r->cur_draining = drain != 0;
         struct pair **pp = &r->active;
         while (*pp) {
             struct pair *p = *pp;
             if (!p->done && (close_all || stop || p->fail))
                 finish(r, p); /* shutdown: drop every connection now; a failure: this one */
+            if (!p->done && closing.len && closing_wanted(&closing, p->conn))
+                finish(r, p); /* Python closed it (QEMU replaced or refused its data fd) */
             if (!p->done && p->hup)
                 pump(r, p); /* read without epoll: perhaps there is room now */
             if (p->done) {
@@ -822,24 +803,27 @@ static void *run(void *arg) {
                 continue;
             }
             set_mask(r, p); /* a no-op unless what the pair waits for changed */
+            busy_update(r, p);
             pp = &p->next;
         }
-        if (stop) {
-            flush_out(r);
+        closing.len = 0;
+        /* from here on no client is read while draining: what is busy only ends */
+        __atomic_store_n(&r->drain_ack, drain, __ATOMIC_SEQ_CST);
+        notify_python(r, close_all || stop);
+        if (stop)
             break;
-        }
     }
+    free(closing.p);
     return NULL;
 }
 
 /* -- API for Python (cffi releases the GIL around each call) ------------------------- */
 
-tn_relay *tn_new(int outfd, const uint8_t *codes) {
+tn_relay *tn_new(const uint8_t *codes) {
     faults_init();
     tn_relay *r = xcalloc(1, sizeof *r);
     if (!r)
         return NULL;
-    r->outfd = outfd;
     r->ch_tpm = codes[0];
     r->dir_cmd = codes[1];
     r->dir_rsp = codes[2];
@@ -847,13 +831,13 @@ tn_relay *tn_new(int outfd, const uint8_t *codes) {
     r->fr[TN_MSSIM] = codes[4];
     r->fr[TN_UNFRAMED] = codes[5];
     r->evside.pair = NULL;
-    r->outside.pair = NULL;
-    r->epfd = r->evfd = -1;
+    r->epfd = r->evfd = r->notefd = -1;
     pthread_mutex_init(&r->mu, NULL);
     pthread_mutex_init(&r->omu, NULL);
     r->epfd = epoll_create1(EPOLL_CLOEXEC);
     r->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (r->epfd < 0 || r->evfd < 0) {
+    r->notefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->epfd < 0 || r->evfd < 0 || r->notefd < 0) {
         tn_free(r);
         return NULL;
     }
@@ -873,6 +857,10 @@ tn_relay *tn_new(int outfd, const uint8_t *codes) {
     }
     r->started = 1;
     return r;
+}
+
+int tn_notefd(tn_relay *r) {
+    return r->notefd;
 }
 
 static void wake(tn_relay *r) {
@@ -905,7 +893,8 @@ int tn_add(tn_relay *r, int cfd, int ufd, uint64_t conn, size_t max_message,
         return -1;
     }
     p->rq.cap = cap;
-    memcpy(p->rq.p, early, early_len);
+    if (early_len)
+        memcpy(p->rq.p, early, early_len);
     p->rq.len = early_len;
     __atomic_add_fetch(&r->nactive, 1, __ATOMIC_SEQ_CST);
     pthread_mutex_lock(&r->mu);
@@ -921,6 +910,40 @@ void tn_pause(tn_relay *r, int paused) {
     r->paused = paused;
     pthread_mutex_unlock(&r->mu);
     wake(r);
+}
+
+/* A stop begins: no client is read from now on (requests already forwarded still get
+ * their responses). tn_busy says when none is left. */
+void tn_drain(tn_relay *r) {
+    pthread_mutex_lock(&r->mu);
+    r->drain_gen++;
+    pthread_mutex_unlock(&r->mu);
+    wake(r);
+}
+
+/* Requests outstanding (pair_busy). While a tn_drain is not yet acted on by the thread
+ * this says 1: the thread may be forwarding a request at this moment. */
+int tn_busy(tn_relay *r) {
+    pthread_mutex_lock(&r->mu);
+    uint64_t want = r->drain_gen;
+    pthread_mutex_unlock(&r->mu);
+    if (want && __atomic_load_n(&r->drain_ack, __ATOMIC_SEQ_CST) != want)
+        return 1;
+    int n = __atomic_load_n(&r->nbusy, __ATOMIC_SEQ_CST);
+    return n > 0 ? n : 0;
+}
+
+/* Close connection `conn` at once (both sides), if the thread still relays it. */
+int tn_close_conn(tn_relay *r, uint64_t conn) {
+    pthread_mutex_lock(&r->mu);
+    int rc = buf_reserve(&r->closing, 8);
+    if (rc == 0) {
+        put_le(r->closing.p + r->closing.len, conn, 8);
+        r->closing.len += 8;
+    }
+    pthread_mutex_unlock(&r->mu);
+    wake(r);
+    return rc;
 }
 
 uint64_t tn_lost(tn_relay *r) {
@@ -953,31 +976,35 @@ void tn_stop(tn_relay *r) {
             finish(r, p);
 }
 
-/* Under tn_lock_out: what the pipe has not had yet, in the pipe's format (the rest of
- * the batch in flight, then the records not yet batched as one batch). */
-size_t tn_pending_out(tn_relay *r) {
-    return (r->wr.len - r->wr_off) + batch_size(r);
-}
-
-size_t tn_take_out(tn_relay *r, uint8_t *dst, size_t cap) {
-    size_t need = tn_pending_out(r), rest = r->wr.len - r->wr_off;
-    if (cap < need)
-        return 0;
-    memcpy(dst, r->wr.p + r->wr_off, rest);
-    r->wr.len = r->wr_off = 0;
-    if (r->out.len)
-        batch_into(r, dst + rest);
-    return need;
-}
-
-/* Python takes every record made so far (the pipe's, then the buffer's) under this
- * lock, before it writes a record of its own: the capture stays in relay order. */
-void tn_lock_out(tn_relay *r) {
+/* Every record made so far, moved into `b` (Python copies it out, then tn_batch_free):
+ * the lock is held for the swap only, never while Python runs. 0: nothing waits. */
+int tn_take(tn_relay *r, tn_batch *b) {
     pthread_mutex_lock(&r->omu);
+    b->data = r->out.p;
+    b->len = r->out.len;
+    b->frames = r->out_frames;
+    b->closed = (uint64_t *)(void *)r->closed.p;
+    b->nclosed = r->closed.len / 8;
+    int any = r->out.len > 0 || r->closed.len > 0;
+    memset(&r->out, 0, sizeof r->out);
+    memset(&r->closed, 0, sizeof r->closed);
+    r->out_frames = 0;
+    r->notified = 0;
+    pthread_mutex_unlock(&r->omu);
+    if (!any) {
+        tn_batch_free(b);
+        return 0;
+    }
+    return 1;
 }
 
-void tn_unlock_out(tn_relay *r) {
-    pthread_mutex_unlock(&r->omu);
+void tn_batch_free(tn_batch *b) {
+    free(b->data);
+    free(b->closed);
+    b->data = NULL;
+    b->closed = NULL;
+    b->len = b->nclosed = 0;
+    b->frames = 0;
 }
 
 void tn_free(tn_relay *r) {
@@ -993,9 +1020,11 @@ void tn_free(tn_relay *r) {
         close(r->epfd);
     if (r->evfd >= 0)
         close(r->evfd);
+    if (r->notefd >= 0)
+        close(r->notefd);
     free(r->out.p);
-    free(r->wr.p);
     free(r->closed.p);
+    free(r->closing.p);
     pthread_mutex_destroy(&r->mu);
     pthread_mutex_destroy(&r->omu);
     free(r);

@@ -21,7 +21,7 @@ import structlog
 from .. import __version__
 from ..codec.channels import CtrlChannel, DataChannel
 from ..model import FrameConsumer
-from ..model.exits import EXIT_OK, EXIT_STARTUP
+from ..model.exits import EXIT_CAPTURE_LOST, EXIT_OK, EXIT_STARTUP, combine
 from ..pipeline.interface import FramePipeline
 from ..pipeline.worker import (
     WorkerPipeline,
@@ -180,8 +180,11 @@ class Daemon:
                 self.native.close()  # every record it made reaches the pipeline before
 
     def close(self) -> int:
-        """Close the pipeline (flushes every output); its exit code (0, 1 or 4)."""
-        return self.pipeline.close()
+        """Close the pipeline (flushes every output); its exit code (0, 1 or 4; 4 also
+        when the native relay could not record messages)."""
+        code = self.pipeline.close()
+        lost = EXIT_CAPTURE_LOST if self.native is not None and self.native.lost else EXIT_OK
+        return combine(lost, code)
 
     # -- the steps of serve() ------------------------------------------------------------
     def _start_native(self) -> FramePipeline:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -20,6 +20,9 @@ from ..codec.channels import MAX_QUEUED_BYTES
 from ..model import Channel, ConnInfo, Event, EventSink
 from .addresses import Address
 from .limits import RateLimited, guarded
+
+if TYPE_CHECKING:
+    from .native import NativeRelay
 
 log = structlog.get_logger("tpmsniff.relay")
 
@@ -48,6 +51,9 @@ class ChannelMachine(Protocol):
 
     @property
     def done(self) -> bool: ...
+
+    @property
+    def waiting(self) -> bool: ...
 
     def from_client(self, data: bytes) -> tuple[list[bytes], list[Event]]: ...
 
@@ -78,6 +84,7 @@ class Passthrough:
     full = False
     hungry = True
     done = True
+    waiting = False
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
@@ -127,6 +134,7 @@ class RelayContext(Protocol):
     pipeline: EventSink
     counter: ConnCounter
     clients: set[ClientConn]
+    native: NativeRelay | None
 
     def machine(self) -> ChannelMachine: ...
 
@@ -206,6 +214,7 @@ class ClientConn(Guarded, asyncio.BufferedProtocol):
         self._connecting: asyncio.Task[None] | None = None
         self._eof_early = False  # EOF read before the upstream was up
         self._shut = False  # the client's EOF was passed on upstream
+        self.draining = False  # a stop began: no more requests are read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -261,9 +270,30 @@ class ClientConn(Guarded, asyncio.BufferedProtocol):
             self.transport is not None
             and not self.paused
             and not self.eof
+            and not self.draining
             and not self.relay.pipeline.congested
         ):
             self.transport.resume_reading()
+
+    @property
+    def busy(self) -> bool:
+        """A request outstanding: forwarded upstream and its response not yet all written
+        to the client (or, after the client's EOF, still to go). Open alone is not busy:
+        QEMU holds its data connection for the VM's life."""
+        if self.closed or self._finished or self.up is None:
+            return False
+        t = self.transport
+        return (
+            self.sm.waiting
+            or (self.eof and not self._shut)
+            or (t is not None and t.get_write_buffer_size() > 0)
+        )
+
+    def drain(self) -> None:
+        """A stop begins: read no more requests (those outstanding still finish)."""
+        self.draining = True
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
 
     # -- reading the client (BufferedProtocol) -----------------------------------
     def get_buffer(self, sizehint: int) -> memoryview:
