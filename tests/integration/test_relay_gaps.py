@@ -150,3 +150,43 @@ def test_stop_with_an_idle_connection_does_not_wait(relay):
     assert sniff.stop() == 0
     assert time.monotonic() - t < 1.5  # the drain limit is 2 s
     s.close()
+
+
+def test_stop_waits_for_the_request_outstanding(relay, tmp_path):
+    """SIGTERM while swtpm holds a request: the stop waits for the response, which
+    reaches the client and the capture (`busy` is that request), then exits 0."""
+    sw, _, name = relay
+    jsonl = tmp_path / "stop.jsonl"
+    sniff = start_sniff(  # a daemon of its own, with a capture (the fixture's stays idle)
+        tmp_path,
+        sw.data,
+        name="sniff-stop",
+        pcap=False,
+        extra=[
+            "--console",
+            "none",
+            "--listen-ctrl",
+            "none",
+            "--jsonl",
+            str(jsonl),
+            "--relay",
+            name,
+        ],
+    )
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sniff.listen)
+    os.kill(sw.proc.pid, signal.SIGSTOP)
+    try:
+        s.sendall(GETCAP)
+        wait_for(lambda: jsonl.exists() and jsonl.read_text().count("\n") >= 1, 10, "command")
+        sniff.proc.send_signal(signal.SIGTERM)
+    finally:
+        os.kill(sw.proc.pid, signal.SIGCONT)
+    got = b""
+    s.settimeout(10)
+    while rlen(got) is None and (chunk := s.recv(65536)):
+        got += chunk
+    s.close()
+    assert sniff.proc.wait(10) == 0
+    assert rlen(got) == len(got) > 10
+    assert jsonl.read_text().count("\n") == 2
