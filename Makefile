@@ -11,7 +11,7 @@ GUEST := out/guest
 BACKPORTS := /etc/apt/sources.list.d/bookworm-backports.sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps guest venv native sanitize test unit lint demo bench man soak clean
+.PHONY: deps guest venv native sanitize tsan test unit lint demo bench man soak clean
 
 deps: ## install the Debian packages that are missing
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -75,6 +75,14 @@ sanitize: venv ## the relay tests against the C relay under ASan+UBSan, with fau
 	TPMSNIFF_SNIFF_LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
 	TPMSNIFF_SNIFF_ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
 	TPMSNIFF_SNIFF_UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	$(PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS)
+
+TSAN_OUT := out/native-tsan
+tsan: venv ## the relay tests against the C relay under ThreadSanitizer (the thread hand-off)
+	$(PY) -m tpmsniff._native.build --variant tsan --out $(TSAN_OUT)
+	TPMSNIFF_SNIFF_TPMSNIFF_NATIVE=$$(ls $(TSAN_OUT)/_relay*.so) \
+	TPMSNIFF_SNIFF_LD_PRELOAD=$$(gcc -print-file-name=libtsan.so) \
+	TPMSNIFF_SNIFF_TSAN_OPTIONS=halt_on_error=1:abort_on_error=1 \
 	$(PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS)
 
 unit: venv

@@ -986,7 +986,9 @@ int tn_take(tn_relay *r, tn_batch *b) {
     b->closed = (uint64_t *)(void *)r->closed.p;
     b->nclosed = r->closed.len / 8;
     int any = r->out.len > 0 || r->closed.len > 0;
-    memset(&r->out, 0, sizeof r->out);
+    r->out.p = NULL;
+    r->out.cap = 0;
+    __atomic_store_n(&r->out.len, 0, __ATOMIC_RELAXED); /* the thread reads it unlocked */
     memset(&r->closed, 0, sizeof r->closed);
     r->out_frames = 0;
     r->notified = 0;
