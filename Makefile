@@ -55,13 +55,13 @@ $(GUEST)/vmlinuz: | deps
 	echo "$$pkg" > package && rm -rf root ./*.deb && cd - >/dev/null && \
 	rm -rf $(GUEST) && mv $(GUEST).tmp $(GUEST) && echo "guest kernel: $$(cat $(GUEST)/package)"
 
-test: lint ## lint, then the whole suite (unit + integration with real swtpm, tpm2-tools, tshark, QEMU) under coverage, then `make sanitize`
+test: lint ## lint, then the whole suite (unit + integration with real swtpm, tpm2-tools, tshark, QEMU) under coverage, then `make sanitize tsan`
 	rm -rf .coverage-data
 	$(PY) -m coverage run -m pytest -q -p no:cacheprovider
 	@$(PY) -m coverage combine -q
 	@echo "line coverage of model/, codec/, inputs/, check/ (aim: >= 90%):"
 	@$(PY) -m coverage report --fail-under=85
-	$(MAKE) sanitize
+	$(MAKE) sanitize tsan
 
 # The C relay as a parser facing an attacker: built with ASan + UBSan (any report aborts
 # the daemon, so the test fails) and malloc/epoll_ctl fault injection, then the relay
