@@ -11,7 +11,7 @@ GUEST := out/guest
 BACKPORTS := /etc/apt/sources.list.d/bookworm-backports.sources
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps guest venv native test unit lint demo bench man soak clean
+.PHONY: deps guest venv native sanitize tsan test unit lint demo bench man soak clean
 
 deps: ## install the Debian packages that are missing
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -55,12 +55,35 @@ $(GUEST)/vmlinuz: | deps
 	echo "$$pkg" > package && rm -rf root ./*.deb && cd - >/dev/null && \
 	rm -rf $(GUEST) && mv $(GUEST).tmp $(GUEST) && echo "guest kernel: $$(cat $(GUEST)/package)"
 
-test: lint ## lint, then the whole suite (unit + integration with real swtpm, tpm2-tools, tshark, QEMU) under coverage
+test: lint ## lint, then the whole suite (unit + integration with real swtpm, tpm2-tools, tshark, QEMU) under coverage, then `make sanitize tsan`
 	rm -rf .coverage-data
 	$(PY) -m coverage run -m pytest -q -p no:cacheprovider
 	@$(PY) -m coverage combine -q
 	@echo "line coverage of model/, codec/, inputs/, check/ (aim: >= 90%):"
 	@$(PY) -m coverage report --fail-under=85
+	$(MAKE) sanitize tsan
+
+# The C relay as a parser facing an attacker: built with ASan + UBSan (any report aborts
+# the daemon, so the test fails) and malloc/epoll_ctl fault injection, then the relay
+# tests that drive it run against that build (in tpmsniff only: TPMSNIFF_SNIFF_*).
+SAN_OUT := out/native-sanitize
+SAN_TESTS := tests/integration/test_relay_differential.py tests/integration/test_relay_gaps.py \
+	tests/integration/test_relay_faults.py
+sanitize: venv ## the relay tests against the C relay under ASan+UBSan, with fault injection
+	$(PY) -m tpmsniff._native.build --variant sanitize --out $(SAN_OUT)
+	TPMSNIFF_SNIFF_TPMSNIFF_NATIVE=$$(ls $(SAN_OUT)/_relay*.so) \
+	TPMSNIFF_SNIFF_LD_PRELOAD=$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so) \
+	TPMSNIFF_SNIFF_ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	TPMSNIFF_SNIFF_UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	$(PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS)
+
+TSAN_OUT := out/native-tsan
+tsan: venv ## the relay tests against the C relay under ThreadSanitizer (the thread hand-off)
+	$(PY) -m tpmsniff._native.build --variant tsan --out $(TSAN_OUT)
+	TPMSNIFF_SNIFF_TPMSNIFF_NATIVE=$$(ls $(TSAN_OUT)/_relay*.so) \
+	TPMSNIFF_SNIFF_LD_PRELOAD=$$(gcc -print-file-name=libtsan.so) \
+	TPMSNIFF_SNIFF_TSAN_OPTIONS=halt_on_error=1:abort_on_error=1 \
+	$(PY) -m pytest -q -p no:cacheprovider $(SAN_TESTS)
 
 unit: venv
 	$(PY) -m pytest -q tests/unit

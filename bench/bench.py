@@ -8,9 +8,9 @@ Unix sockets, one persistent raw client sending GetRandom(16) back to back.
 Columns (each a median over interleaved rounds: the machine may be shared and noisy):
 - p50, p99: round-trip latency in µs.
 - add50: added median latency against socat's, (p50 - p50_direct) / (socat p50 - p50_direct);
-  target <= 1.00.
+  target <= 0.75 (issue 18).
 - add99: added tail against socat's, (p99 - p50_direct) / (socat p99 - p50_direct);
-  target <= 2.00.
+  target <= 1.50 (issue 18).
 - start, ready: ms from exec to the listening socket accepting, and to READY=1 (sd_notify).
 - 4cl/s: aggregate commands/s of 4 concurrent clients, each with its own swtpm and its own
   relay, and its ratio to socat's (target >= 1.00).
@@ -20,6 +20,8 @@ Columns (each a median over interleaved rounds: the machine may be shared and no
 Then a second table (bench/startstop.py): exec -> first relayed reply, READY=1, SIGTERM ->
 exit idle and with an idle client connected, and a per-test-TPM suite (50 cycles of start
 swtpm and the relay, 20 commands, stop both) against the same cycles direct; socat alongside.
+Then a third (bench/hog.py, --hog-seconds): the next client's first round trip after a client
+that wrote GetRandoms without reading and left, directly, through socat and each relay.
 """
 
 from __future__ import annotations
@@ -371,6 +373,7 @@ def main() -> int:
     ap.add_argument("--ss-runs", type=int, default=5, help="start/stop runs (0: skip)")
     ap.add_argument("--ss-cycles", type=int, default=50, help="per-test-TPM suite cycles")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--hog-seconds", type=float, default=15.0, help="goal 5: hog length (0: skip)")
     args = ap.parse_args()
     for tool in ("swtpm", "socat"):
         if not shutil.which(tool):
@@ -534,7 +537,7 @@ def main() -> int:
             f"{f(row['relay'], 6)} {f(row['worker'], 6)}"
         )
     print(
-        "goals: add50 <= 1.00, add99 <= 2.00, start <= 100 ms, 4cl/s vs socat >= 1.00, "
+        "goals: add50 <= 0.75, add99 <= 1.50, start <= 100 ms, 4cl/s vs socat >= 1.00, "
         f"rss < 5 MiB over {args.rss_commands} commands; took {time.monotonic() - t_begin:.0f} s"
     )
     print(f"capture cost, CPU µs per round trip: socat {socat_us:.1f}; relay + worker:", end="")
@@ -548,9 +551,14 @@ def main() -> int:
     if args.ss_runs > 0:
         startstop_table = startstop.measure(args.ss_runs, args.ss_cycles)
         startstop.print_table(startstop_table, args.ss_runs, args.ss_cycles)
+    hog = {}
+    if args.hog_seconds > 0:
+        from hog import hog_table
+
+        hog = hog_table(Path(tempfile.mkdtemp(prefix="tpmsniff-hog-")), args.hog_seconds)
     off = {} if args.no_offline else offline(args.offline_copies, args.offline_files)
     if args.json:
-        out = {"table": table, "raw": res, "offline": off, "startstop": startstop_table}
+        out = {"table": table, "raw": res, "offline": off, "startstop": startstop_table, "hog": hog}
         Path(args.json).write_text(json.dumps(out, indent=2))
     return 0
 

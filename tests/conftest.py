@@ -233,6 +233,12 @@ class Sniff:
         return self.stdout.read_text()
 
 
+# TPMSNIFF_SNIFF_X=v sets X=v for tpmsniff only (`make sanitize`: LD_PRELOAD, the build)
+SNIFF_ENV = {
+    k[len("TPMSNIFF_SNIFF_") :]: v for k, v in os.environ.items() if k.startswith("TPMSNIFF_SNIFF_")
+}
+
+
 def tpmsniff_cmd() -> list[str]:
     return [sys.executable, "-m", "tpmsniff"]
 
@@ -246,6 +252,7 @@ def start_sniff(
     name: str = "sniff",
     preexec=None,
     pcap: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Sniff:
     kind = kind or ("tcp" if upstream.startswith("tcp:") else "unix")
     d = tmp / name
@@ -269,7 +276,12 @@ def start_sniff(
         + (extra or [])
     )
     proc = subprocess.Popen(
-        args, stdout=out.open("w"), stderr=err.open("w"), cwd=ROOT, preexec_fn=preexec
+        args,
+        stdout=out.open("w"),
+        stderr=err.open("w"),
+        cwd=ROOT,
+        preexec_fn=preexec,
+        env={**os.environ, **SNIFF_ENV, **(env or {})},
     )
     s = Sniff(proc, listen, tcti, pcap_path, out, err)
     wait_for(lambda: proc.poll() is not None or '"ready"' in err.read_text(), 20, "tpmsniff ready")

@@ -10,6 +10,7 @@ import contextlib
 import os
 import resource
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -209,12 +210,20 @@ def test_client_that_never_reads_holds_only_its_own_connection(tmp_path):
     no_traceback(sniff)
 
 
-def test_queued_requests_go_one_at_a_time_after_client_eof(tmp_path):
+@pytest.mark.parametrize("relay", ["python", "native"])
+def test_queued_requests_go_one_at_a_time_after_client_eof(tmp_path, relay):
     sw = start_swtpm(tmp_path, "tcp")
-    sniff = start_sniff(tmp_path, sw.data, extra=["--console", "none"])
+    sniff = start_sniff(tmp_path, sw.data, extra=["--console", "none", "--relay", relay])
     try:
         with connect(sniff.listen) as s:
-            s.sendall(GETRANDOM * 6)  # one write, then EOF without reading
+            # one write, then EOF (a half-close: the client still reads; a full close with
+            # responses unread is a reset, which releases swtpm at once: protocols.md)
+            s.sendall(GETRANDOM * 6)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        assert len(got) == 6 * 28  # six GetRandom(16) responses, then EOF
         wait_for(
             lambda: len([m for m in parse_file(str(sw.log)) if m.kind == "tpm-rsp"]) >= 6,
             10,

@@ -30,10 +30,12 @@ from tpmsniff.model import CTRL_PORT
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def vm(tmp_path):
+@pytest.fixture(params=["native", "python"])
+def vm(request, tmp_path):
+    """QEMU's handed-over data channel (CMD_SET_DATAFD) on both relay paths."""
     sw = CtrlSwtpm(tmp_path / "swtpm")
-    sniff = start_sniff(tmp_path, sw.sock, extra=["--console", "summary"])
+    extra = ["--console", "summary", "--relay", request.param]
+    sniff = start_sniff(tmp_path, sw.sock, extra=extra)
     yield sw, sniff, tmp_path
     sniff.stop()
     sw.stop()

@@ -1,16 +1,19 @@
 /* tpmsniff native data-channel relay: one epoll thread owns the read/write hot path of
- * TPM data-channel pairs (client <-> swtpm) and the 10-byte header framing; it hands
- * records to Python through a pipe, in batches, already encoded in the worker's record
- * format (tpmsniff/pipeline/records.py). Python keeps accepting, role detection, the
- * control channels (QEMU's fd passing), and everything after the relay.
+ * TPM data-channel pairs (client <-> swtpm) and the 10-byte header framing; it makes
+ * records already encoded in the worker's record format (tpmsniff/pipeline/records.py)
+ * and Python takes them in batches (tn_take swaps the buffer out: the lock is held for
+ * the swap only). Python keeps accepting, role detection, the control channels (QEMU's
+ * fd passing), and everything after the relay.
  *
  * The relay rules (docs/protocols.md §4-§6) mirror tpmsniff/codec/channels.py
  * DataChannel exactly: each whole request goes upstream in one write, one framed request
  * outstanding at a time (the next is not even read from the client until the response is
  * complete: the kernel's socket buffer is the queue), each upstream read is forwarded to
- * the client at once and unsplit, EOF is passed on, and nothing is dropped: while the
- * record buffer is above its high-water mark (or Python says the worker is congested)
- * clients are not read.
+ * the client at once and unsplit, and the end of stream is handled as docs/protocols.md
+ * "End of stream" says (the same policy as transport/conn.py). Nothing is dropped: while
+ * the record buffer is above its high-water mark (or Python says the worker is
+ * congested) clients are not read; a record that cannot be made is counted (tn_lost)
+ * and its pair closed.
  *
  * Framing decisions are the pure functions tn_next_request / tn_next_response, which the
  * unit tests fuzz against the Python framers (tests/unit/_native/test_relay.py). */
@@ -122,6 +125,43 @@ size_t tn_next_response(const uint8_t *b, size_t len, size_t max, int expect, in
 
 /* -- the relay ------------------------------------------------------------------- */
 
+/* Fault injection for the tests (a build with -DTN_FAULTS only, see build.py): the Nth
+ * allocation (TPMSNIFF_FAULT_MALLOC=N) or epoll_ctl (TPMSNIFF_FAULT_EPOLL=N) of the
+ * process fails, once, so that every failure path runs under the sanitizers. */
+#ifdef TN_FAULTS
+static long fault_at[2] = {-1, -1};
+static long fault_count[2];
+static int faulty(int which) {
+    return __atomic_add_fetch(&fault_count[which], 1, __ATOMIC_SEQ_CST) == fault_at[which];
+}
+static void faults_init(void) {
+    const char *m = getenv("TPMSNIFF_FAULT_MALLOC"), *e = getenv("TPMSNIFF_FAULT_EPOLL");
+    fault_at[0] = m ? atol(m) : -1;
+    fault_at[1] = e ? atol(e) : -1;
+}
+#define FAULT(which) faulty(which)
+#else
+static void faults_init(void) {}
+#define FAULT(which) 0
+#endif
+
+static void *xmalloc(size_t n) {
+    return FAULT(0) ? NULL : malloc(n);
+}
+static void *xcalloc(size_t n, size_t m) {
+    return FAULT(0) ? NULL : calloc(n, m);
+}
+static void *xrealloc(void *p, size_t n) {
+    return FAULT(0) ? NULL : realloc(p, n);
+}
+static int xepoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
+    if (FAULT(1)) {
+        errno = ENOMEM;
+        return -1;
+    }
+    return epoll_ctl(epfd, op, fd, ev);
+}
+
 struct buf {
     uint8_t *p;
     size_t len, cap;
@@ -133,7 +173,7 @@ static int buf_reserve(struct buf *b, size_t extra) {
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + extra)
         cap *= 2;
-    uint8_t *p = realloc(b->p, cap);
+    uint8_t *p = xrealloc(b->p, cap);
     if (!p)
         return -1;
     b->p = p;
@@ -152,43 +192,67 @@ struct side {
     int up; /* 0 client, 1 upstream */
 };
 
+/* End of stream (docs/protocols.md, "End of stream"; the same in codec/channels.py and
+ * transport/conn.py): the client's EOF drops nothing, its requests still go one at a
+ * time and their responses to it, then swtpm's write side is shut and swtpm closes; a
+ * client that is gone (a reset, or a response it cannot take) has swtpm's connection
+ * closed at once; when swtpm closes, the client gets every byte it sent, then EOF. */
 struct pair {
-    int cfd, ufd;
+    int cfd, ufd; /* ufd is -1 once swtpm closed */
     uint64_t conn;
     size_t max;
-    struct buf rq;  /* client bytes not yet framed (at most max + MSSIM_PREFIX + a read) */
+    struct buf rq;  /* client bytes not yet framed (at most max + MSSIM_PREFIX) */
     struct buf rs;  /* copy of the response stream, not yet framed */
     struct buf cw;  /* response bytes the client has not accepted yet */
     struct buf uw;  /* request bytes swtpm has not accepted yet */
     int expect;     /* framing of the outstanding request, or TN_NONE */
     int waiting;    /* a framed request is outstanding */
     int done;       /* closed: freed at the end of the loop iteration */
-    int eof;        /* the client is gone: its queued requests still go, one at a time */
+    int eof;        /* the client's read returned 0: its queued requests still go */
+    int hup;        /* the client hung up (EPOLLHUP): out of epoll, read directly */
+    int shut;       /* nothing left to send after EOF: swtpm's write side is shut */
+    int upgone;     /* swtpm closed: the client gets the last bytes, then is closed */
+    int fail;       /* an allocation or epoll_ctl failed: the pair is closed */
+    int creg;       /* cfd is registered in epoll */
+    int busy;       /* counted in nbusy (pair_busy) */
     uint32_t cmask, umask;
     struct side cs, us;
     struct pair *next;
 };
 
 struct tn_relay {
-    int epfd, evfd, outfd;
+    int epfd, evfd, notefd; /* evfd wakes the thread; notefd tells Python records wait */
     pthread_t thread;
     int started;
     pthread_mutex_t mu;
     struct pair *pending; /* added by Python, not yet registered (under mu) */
     struct pair *active;  /* owned by the thread */
-    int stop, close_all, paused, out_blocked; /* stop/close_all/paused under mu */
-    pthread_mutex_t omu;  /* the record buffer and the pipe: Python takes both under it */
-    int cur_paused;
-    int nactive; /* atomic */
-    struct buf out;       /* records not yet in a batch */
-    uint32_t out_frames;  /* event records in `out` */
-    struct buf closed;    /* u64 ids of the connections closed in `out` (Python logs them) */
-    struct buf wr;        /* the batch being written to Python: u32 len, u32 frames, records */
-    size_t wr_off;
+    /* under mu: set by Python */
+    int stop, close_all, paused;
+    uint64_t drain_gen; /* bumped by tn_drain */
+    struct buf closing; /* u64 ids Python asked to close (tn_close_conn) */
+    /* the thread's copies, taken at the end of each loop iteration */
+    int cur_paused, cur_draining;
+    uint64_t drain_ack; /* atomic: the drain_gen the thread has acted on */
+    int nactive;        /* atomic */
+    int nbusy;          /* atomic: pairs with a request outstanding (pair_busy) */
+    uint64_t lost;      /* atomic: records that could not be made */
+    /* under omu: the records not yet taken by Python (tn_take swaps the buffers out,
+     * so the lock is held only to append a record or to swap: never while Python runs) */
+    pthread_mutex_t omu;
+    struct buf out;      /* length-prefixed records */
+    uint32_t out_frames; /* event records in `out` */
+    struct buf closed;   /* u64 ids of the connections closed in `out` (Python logs them) */
+    int notified;        /* Python was told (notefd) and has not taken since */
     struct timespec first;
     uint8_t ch_tpm, dir_cmd, dir_rsp, fr[4];
-    struct side evside, outside;
+    struct side evside;
+    uint8_t chunk[READ_CHUNK]; /* the thread's read buffer (one per relay, not shared) */
 };
+
+static void lose(struct tn_relay *r, uint64_t n) {
+    __atomic_add_fetch(&r->lost, n, __ATOMIC_SEQ_CST);
+}
 
 static int64_t ns_since(const struct timespec *t) {
     struct timespec now;
@@ -213,7 +277,8 @@ static void out_mark(struct tn_relay *r) {
 }
 
 /* one record: u32 length | 'E' conn ts ch dir framing prefix locality ctrl_cmd number
- * rawlen notelen | note | raw  (struct "<cQdBBBIhqqII", records.py _EVENT) */
+ * rawlen notelen | note | raw  (struct "<cQdBBBIhqqII", records.py _EVENT). A record
+ * that cannot be made is counted (tn_lost: the daemon exits 4) and its pair closed. */
 #define EVENT_HEAD 50
 static void emit_event(struct tn_relay *r, struct pair *p, int dir, int kind, uint32_t prefix,
                        int locality, const char *note, const uint8_t *raw, size_t rawlen) {
@@ -222,7 +287,9 @@ static void emit_event(struct tn_relay *r, struct pair *p, int dir, int kind, ui
     pthread_mutex_lock(&r->omu);
     if (buf_reserve(&r->out, 4 + body) < 0) {
         pthread_mutex_unlock(&r->omu);
-        return; /* out of memory: the relay goes on, this record is lost */
+        lose(r, 1);
+        p->fail = 1;
+        return;
     }
     out_mark(r);
     uint8_t *q = r->out.p + r->out.len;
@@ -253,6 +320,7 @@ static void emit_close(struct tn_relay *r, struct pair *p) {
     pthread_mutex_lock(&r->omu);
     if (buf_reserve(&r->out, 4 + 17) < 0) {
         pthread_mutex_unlock(&r->omu);
+        lose(r, 1);
         return;
     }
     out_mark(r);
@@ -265,113 +333,95 @@ static void emit_close(struct tn_relay *r, struct pair *p) {
     put_le(q + 5, p->conn, 8);
     put_le(q + 13, tsbits, 8);
     r->out.len += 21;
-    if (buf_reserve(&r->closed, 8) == 0) {
+    if (buf_reserve(&r->closed, 8) == 0) { /* else only its log line is missing */
         put_le(r->closed.p + r->closed.len, p->conn, 8);
         r->closed.len += 8;
     }
     pthread_mutex_unlock(&r->omu);
 }
 
-static void flush_out_locked(struct tn_relay *r);
-static void flush_out(struct tn_relay *r) {
+/* Tell Python records wait (once, until it takes them): every FLUSH_NS, or at once when
+ * FLUSH_BYTES are waiting or the relay stops, so Python handles a batch at a time. */
+static void notify_python(struct tn_relay *r, int now) {
     pthread_mutex_lock(&r->omu);
-    flush_out_locked(r);
+    if (r->out.len && !r->notified &&
+        (now || r->out.len >= FLUSH_BYTES || ns_since(&r->first) >= FLUSH_NS)) {
+        uint64_t one = 1;
+        if (write(r->notefd, &one, sizeof one) == sizeof one || errno == EAGAIN)
+            r->notified = 1; /* EAGAIN: the counter is full, so Python is told already */
+    }
     pthread_mutex_unlock(&r->omu);
 }
 
-/* Records go to Python in batches, so that Python handles a batch, not a record, at a
- * time: `u32 length | u32 events | u32 closes | u64 closed connection ids | records`
- * (length counts the ids and the records). */
-static size_t batch_size(struct tn_relay *r) {
-    return r->out.len ? 12 + r->closed.len + r->out.len : 0;
+/* ms until Python should be told, or -1 */
+static int notify_timeout(struct tn_relay *r) {
+    int timeout = -1;
+    pthread_mutex_lock(&r->omu);
+    if (r->out.len && !r->notified) {
+        int64_t left = FLUSH_NS - ns_since(&r->first);
+        timeout = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+    }
+    pthread_mutex_unlock(&r->omu);
+    return timeout;
 }
 
-static void batch_into(struct tn_relay *r, uint8_t *dst) {
-    put_le(dst, r->closed.len + r->out.len, 4);
-    put_le(dst + 4, r->out_frames, 4);
-    put_le(dst + 8, r->closed.len / 8, 4);
-    memcpy(dst + 12, r->closed.p, r->closed.len);
-    memcpy(dst + 12 + r->closed.len, r->out.p, r->out.len);
-    r->out.len = 0;
-    r->closed.len = 0;
-    r->out_frames = 0;
-}
-
-static void flush_out_locked(struct tn_relay *r) {
-    for (;;) {
-        if (r->wr_off == r->wr.len) { /* nothing in flight: the next batch */
-            r->wr.len = r->wr_off = 0;
-            if (r->out.len == 0)
-                break;
-            size_t n = batch_size(r);
-            if (buf_reserve(&r->wr, n) < 0)
-                return; /* out of memory: try again later */
-            batch_into(r, r->wr.p);
-            r->wr.len = n;
-        }
-        if (r->outfd < 0)
-            return;
-        ssize_t n = write(r->outfd, r->wr.p + r->wr_off, r->wr.len - r->wr_off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN) {
-                if (!r->out_blocked) {
-                    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = &r->outside};
-                    epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->outfd, &ev);
-                    r->out_blocked = 1;
-                }
-                return;
-            }
-            /* Python is gone: the relay goes on without capture */
-            r->wr.len = r->wr_off = r->out.len = r->closed.len = 0;
-            r->out_frames = 0;
-            return;
-        }
-        r->wr_off += (size_t)n;
-    }
-    if (r->out.cap > FLUSH_BYTES) { /* give back what a burst took */
-        free(r->out.p);
-        r->out.p = NULL;
-        r->out.cap = 0;
-    }
-    if (r->wr.cap > FLUSH_BYTES) {
-        free(r->wr.p);
-        r->wr.p = NULL;
-        r->wr.cap = 0;
-    }
-    if (r->out_blocked) {
-        epoll_ctl(r->epfd, EPOLL_CTL_DEL, r->outfd, NULL);
-        r->out_blocked = 0;
-    }
-}
-
-/* the thread reads the record buffer's length without the lock (Python may shrink it) */
+/* the thread reads the record buffer's length without the lock (Python may take it) */
 static size_t out_len(struct tn_relay *r) {
-    return __atomic_load_n(&r->out.len, __ATOMIC_RELAXED) +
-           (__atomic_load_n(&r->wr.len, __ATOMIC_RELAXED) -
-            __atomic_load_n(&r->wr_off, __ATOMIC_RELAXED));
+    return __atomic_load_n(&r->out.len, __ATOMIC_RELAXED);
+}
+
+/* room to read the client now (whether or not a request is outstanding) */
+static int may_read(struct tn_relay *r, struct pair *p) {
+    return !p->eof && !p->upgone && !r->cur_paused && !r->cur_draining &&
+           out_len(r) < OUT_HIGH && p->rq.len < p->rq.cap;
 }
 
 static int client_readable(struct tn_relay *r, struct pair *p) {
-    return !p->waiting && p->uw.len == 0 && !r->cur_paused && out_len(r) < OUT_HIGH &&
-           p->rq.len < p->rq.cap;
+    return !p->waiting && p->uw.len == 0 && may_read(r, p);
+}
+
+static void finish(struct tn_relay *r, struct pair *p);
+
+/* "Busy" (tn_busy: what a stop waits for) is a request outstanding: forwarded to swtpm
+ * (or still to go after the client's EOF) and its response not yet all written to the
+ * client. A connection that is merely open (QEMU's always is) is not busy. */
+static int pair_busy(const struct pair *p) {
+    return !p->done && (p->waiting || p->uw.len || p->cw.len ||
+                        (p->eof && !p->shut && !p->upgone && p->rq.len));
+}
+
+static void busy_update(struct tn_relay *r, struct pair *p) {
+    int b = pair_busy(p);
+    if (b != p->busy) {
+        p->busy = b;
+        __atomic_add_fetch(&r->nbusy, b ? 1 : -1, __ATOMIC_SEQ_CST);
+    }
 }
 
 static void set_mask(struct tn_relay *r, struct pair *p) {
     if (p->done)
         return;
-    uint32_t c = EPOLLRDHUP | (client_readable(r, p) ? EPOLLIN : 0) | (p->cw.len ? EPOLLOUT : 0);
-    uint32_t u = (p->cw.len ? 0 : EPOLLIN) | (p->uw.len ? EPOLLOUT : 0);
-    if (!p->eof && c != p->cmask) {
-        struct epoll_event ev = {.events = c, .data.ptr = &p->cs};
-        epoll_ctl(r->epfd, EPOLL_CTL_MOD, p->cfd, &ev);
-        p->cmask = c;
+    if (p->creg) {
+        uint32_t c = (client_readable(r, p) ? EPOLLIN : 0) | (p->cw.len ? EPOLLOUT : 0);
+        if (c != p->cmask) {
+            struct epoll_event ev = {.events = c, .data.ptr = &p->cs};
+            if (xepoll_ctl(r->epfd, EPOLL_CTL_MOD, p->cfd, &ev) < 0) {
+                finish(r, p); /* it would wait for ever: closed instead */
+                return;
+            }
+            p->cmask = c;
+        }
     }
-    if (u != p->umask) {
-        struct epoll_event ev = {.events = u, .data.ptr = &p->us};
-        epoll_ctl(r->epfd, EPOLL_CTL_MOD, p->ufd, &ev);
-        p->umask = u;
+    if (p->ufd >= 0) {
+        uint32_t u = (p->cw.len ? 0 : EPOLLIN) | (p->uw.len ? EPOLLOUT : 0);
+        if (u != p->umask) {
+            struct epoll_event ev = {.events = u, .data.ptr = &p->us};
+            if (xepoll_ctl(r->epfd, EPOLL_CTL_MOD, p->ufd, &ev) < 0) {
+                finish(r, p);
+                return;
+            }
+            p->umask = u;
+        }
     }
 }
 
@@ -391,46 +441,103 @@ static int up_write(struct pair *p, const uint8_t *data, size_t len) {
         len -= (size_t)n;
     }
     if (len) {
-        if (buf_reserve(&p->uw, len) < 0)
+        if (buf_reserve(&p->uw, len) < 0) {
+            p->fail = 1;
             return -1;
+        }
         memcpy(p->uw.p + p->uw.len, data, len);
         p->uw.len += len;
     }
     return 0;
 }
 
-static void finish(struct tn_relay *r, struct pair *p);
+/* forward response bytes to the client, unsplit: -1 when the client is gone */
+static int client_send(struct pair *p, const uint8_t *d, size_t n) {
+    size_t off = 0;
+    if (p->cw.len == 0) {
+        ssize_t w;
+        do
+            w = send(p->cfd, d, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        while (w < 0 && errno == EINTR);
+        if (w < 0 && errno != EAGAIN)
+            return -1;
+        off = w > 0 ? (size_t)w : 0;
+    }
+    if (off < n) {
+        if (p->hup) /* out of epoll (a hung-up socket takes nothing more anyway) */
+            return -1;
+        if (buf_reserve(&p->cw, n - off) < 0) {
+            p->fail = 1;
+            return 0;
+        }
+        memcpy(p->cw.p + p->cw.len, d + off, n - off);
+        p->cw.len += n - off;
+    }
+    return 0;
+}
 
 static void send_request(struct tn_relay *r, struct pair *p, size_t n, int kind, int locality,
                          const char *note, int track) {
-    if (up_write(p, p->rq.p, n) < 0) {
-        emit_event(r, p, 0, kind, kind == TN_MSSIM ? MSSIM_PREFIX : 0, locality, note, p->rq.p, n);
-        buf_consume(&p->rq, n);
+    int rc = up_write(p, p->rq.p, n);
+    emit_event(r, p, 0, kind, kind == TN_MSSIM ? MSSIM_PREFIX : 0, locality, note, p->rq.p, n);
+    buf_consume(&p->rq, n);
+    if (rc < 0) {
         finish(r, p);
         return;
     }
-    emit_event(r, p, 0, kind, kind == TN_MSSIM ? MSSIM_PREFIX : 0, locality, note, p->rq.p, n);
-    buf_consume(&p->rq, n);
     if (track && kind != TN_UNFRAMED) {
         p->expect = kind;
         p->waiting = 1;
     }
 }
 
+/* read what the client sent: more bytes, EOF (read returned 0: nothing is dropped), or a
+ * reset (the pair is closed at once, as swtpm's own connection would be) */
+static void client_read(struct tn_relay *r, struct pair *p) {
+    ssize_t n = read(p->cfd, p->rq.p + p->rq.len, p->rq.cap - p->rq.len);
+    if (n > 0)
+        p->rq.len += (size_t)n;
+    else if (n == 0)
+        p->eof = 1;
+    else if (errno != EAGAIN && errno != EINTR)
+        finish(r, p);
+}
+
 static void pump(struct tn_relay *r, struct pair *p) {
     char note[64];
-    while (!p->done && !p->waiting && p->uw.len == 0 && p->rq.len > 0) {
-        int kind, loc;
-        size_t n = tn_next_request(p->rq.p, p->rq.len, p->max, &kind, &loc, note, sizeof note);
-        if (n == 0)
+    for (;;) {
+        while (!p->done && !p->fail && !p->waiting && p->uw.len == 0 && p->rq.len > 0) {
+            int kind, loc;
+            size_t n =
+                tn_next_request(p->rq.p, p->rq.len, p->max, &kind, &loc, note, sizeof note);
+            if (n == 0)
+                break;
+            send_request(r, p, n, kind, loc, note, 1);
+        }
+        if (p->done || p->fail)
             break;
-        send_request(r, p, n, kind, loc, note, 1);
+        /* a hung-up client is not in epoll: it is read here, when there is room */
+        if (p->hup && client_readable(r, p)) {
+            size_t before = p->rq.len;
+            client_read(r, p);
+            if (!p->done && (p->rq.len > before || p->eof))
+                continue;
+        }
+        break;
     }
-    if (p->eof && !p->done && !p->waiting && p->uw.len == 0) {
-        if (p->rq.len) /* a partial request: forwarded as is */
-            send_request(r, p, p->rq.len, TN_UNFRAMED, -1, "truncated at end of stream", 0);
+    if (p->fail && !p->done)
         finish(r, p);
+    if (p->done || !p->eof || p->waiting || p->uw.len || p->shut || p->upgone)
+        return;
+    if (p->rq.len) { /* a partial request: forwarded as is */
+        send_request(r, p, p->rq.len, TN_UNFRAMED, -1, "truncated at end of stream", 0);
+        if (p->fail && !p->done)
+            finish(r, p);
+        if (p->done || p->uw.len)
+            return; /* once it is written, on_upstream pumps again */
     }
+    shutdown(p->ufd, SHUT_WR); /* EOF passed on: swtpm answers what it has, then closes */
+    p->shut = 1;
 }
 
 static void responses(struct tn_relay *r, struct pair *p, const uint8_t *data, size_t len) {
@@ -442,8 +549,11 @@ static void responses(struct tn_relay *r, struct pair *p, const uint8_t *data, s
         p->expect = TN_NONE;
         any = 1;
     } else {
-        if (buf_reserve(&p->rs, len) < 0)
+        if (buf_reserve(&p->rs, len) < 0) {
+            lose(r, 1); /* forwarded, but not recorded */
+            p->fail = 1;
             return;
+        }
         memcpy(p->rs.p + p->rs.len, data, len);
         p->rs.len += len;
         while (p->rs.len > 0) {
@@ -475,66 +585,98 @@ static void free_pair(struct pair *p) {
 static void finish(struct tn_relay *r, struct pair *p) {
     if (p->done)
         return;
+    p->done = 1;
     if (p->rs.len) {
         emit_event(r, p, 1, TN_UNFRAMED, 0, -1, "truncated at end of stream", p->rs.p,
                    p->rs.len);
         p->rs.len = 0;
     }
     emit_close(r, p);
-    epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->cfd, NULL);
-    epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->ufd, NULL);
-    if (p->cw.len) { /* the client gets the last response bytes, if it still reads */
-        (void)send(p->cfd, p->cw.p, p->cw.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-    }
-    if (p->uw.len) {
-        (void)send(p->ufd, p->uw.p, p->uw.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (p->creg)
+        epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->cfd, NULL);
+    if (p->ufd >= 0) {
+        epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->ufd, NULL);
+        close(p->ufd);
+        p->ufd = -1;
     }
     close(p->cfd);
-    close(p->ufd);
-    p->done = 1;
+    p->creg = 0;
+    busy_update(r, p);
     __atomic_sub_fetch(&r->nactive, 1, __ATOMIC_SEQ_CST);
 }
 
-/* The client is gone (EOF, reset): like DataChannel.client_eof, every request it sent
- * is forwarded as is (whole ones, then the partial tail, unframed), then the upstream
- * connection is closed. */
-static void client_gone(struct tn_relay *r, struct pair *p) {
-    if (p->eof || p->done)
-        return;
-    p->eof = 1; /* what is still in the kernel went away with the client */
-    epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->cfd, NULL);
-    p->cmask = 0;
-    p->cw.len = 0;
-    pump(r, p);
+/* swtpm closed: every byte it sent before still goes to the client (unsplit, in the
+ * pieces it came in), then the client is closed; requests not yet sent are dropped */
+static void upstream_closed(struct tn_relay *r, struct pair *p) {
+    int gone = 0;
+    for (;;) { /* what the kernel still holds from swtpm (bounded by its buffer) */
+        ssize_t n = read(p->ufd, r->chunk, sizeof r->chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        if (!gone && client_send(p, r->chunk, (size_t)n) < 0)
+            gone = 1;
+        responses(r, p, r->chunk, (size_t)n);
+        if (p->fail)
+            break;
+    }
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->ufd, NULL);
+    close(p->ufd);
+    p->ufd = -1;
+    p->upgone = 1;
+    p->rq.len = 0;
+    p->waiting = 0;
+    if (gone || p->fail || p->cw.len == 0)
+        finish(r, p);
 }
 
 static void on_client(struct tn_relay *r, struct pair *p, uint32_t ev) {
+    if (ev & EPOLLERR) {
+        /* a reset: what arrived before it still goes if it may (swtpm, reading the same
+         * socket directly, would have it too: the Python relay reads it first as well),
+         * then swtpm's connection is closed at once */
+        if ((ev & EPOLLIN) && client_readable(r, p)) {
+            client_read(r, p);
+            if (!p->done)
+                pump(r, p);
+        }
+        finish(r, p);
+        return;
+    }
     if ((ev & EPOLLOUT) && p->cw.len) {
         ssize_t n = send(p->cfd, p->cw.p, p->cw.len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
-            client_gone(r, p);
+            finish(r, p); /* the client is gone */
             return;
         }
         if (n > 0)
             buf_consume(&p->cw, (size_t)n);
+        if (p->cw.len == 0 && p->upgone) {
+            finish(r, p);
+            return;
+        }
     }
     if ((ev & EPOLLIN) && client_readable(r, p)) {
-        ssize_t n = read(p->cfd, p->rq.p + p->rq.len, p->rq.cap - p->rq.len);
-        if (n > 0) {
-            p->rq.len += (size_t)n;
-            pump(r, p);
-            if (p->done)
-                return;
-        } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-            client_gone(r, p);
+        client_read(r, p);
+        if (p->done)
             return;
-        }
+        pump(r, p);
+        if (p->done)
+            return;
     }
-    if (ev & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-        if (!(ev & EPOLLIN) || !client_readable(r, p)) {
-            client_gone(r, p);
+    if ((ev & EPOLLHUP) && !p->hup) {
+        /* the peer closed (a Unix socket's, fully): level-triggered, so out of epoll; what
+         * it sent is still read, a request at a time, and the next response written to
+         * it says it is gone */
+        epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->cfd, NULL);
+        p->creg = 0;
+        p->hup = 1;
+        if (p->cw.len || p->upgone) {
+            finish(r, p);
             return;
         }
+        pump(r, p);
     }
 }
 
@@ -542,47 +684,32 @@ static void on_upstream(struct tn_relay *r, struct pair *p, uint32_t ev) {
     if ((ev & EPOLLOUT) && p->uw.len) {
         ssize_t n = send(p->ufd, p->uw.p, p->uw.len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0 && errno != EAGAIN && errno != EINTR) {
-            finish(r, p);
+            upstream_closed(r, p);
             return;
         }
         if (n > 0)
             buf_consume(&p->uw, (size_t)n);
         if (p->uw.len == 0)
             pump(r, p);
+        if (p->done)
+            return;
     }
-    if ((ev & (EPOLLHUP | EPOLLERR)) && p->cw.len) {
-        finish(r, p); /* swtpm is gone and the client does not read: stop here */
+    if (ev & (EPOLLHUP | EPOLLERR)) {
+        upstream_closed(r, p);
         return;
     }
-    if ((ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) && p->cw.len == 0) {
-        static uint8_t chunk[READ_CHUNK];
-        ssize_t n = read(p->ufd, chunk, sizeof chunk);
-        if (n > 0 && p->eof) { /* nobody to forward to: record it, send the next request */
-            responses(r, p, chunk, (size_t)n);
-            pump(r, p);
-            return;
-        }
+    if ((ev & EPOLLIN) && p->cw.len == 0) {
+        ssize_t n = read(p->ufd, r->chunk, sizeof r->chunk);
         if (n > 0) {
-            /* forward first, unsplit */
-            ssize_t w = send(p->cfd, chunk, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-            if (w < 0 && errno != EAGAIN && errno != EINTR) {
-                responses(r, p, chunk, (size_t)n);
-                client_gone(r, p);
+            int gone = client_send(p, r->chunk, (size_t)n) < 0; /* forward first */
+            responses(r, p, r->chunk, (size_t)n);
+            if (gone || p->fail) { /* gone: swtpm's connection is closed at once */
+                finish(r, p);
                 return;
             }
-            if (w < 0)
-                w = 0;
-            if (w < n) {
-                if (buf_reserve(&p->cw, (size_t)(n - w)) == 0) {
-                    memcpy(p->cw.p + p->cw.len, chunk + w, (size_t)(n - w));
-                    p->cw.len += (size_t)(n - w);
-                }
-            }
-            responses(r, p, chunk, (size_t)n);
             pump(r, p);
         } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-            finish(r, p); /* swtpm closed: so does the client */
-            return;
+            upstream_closed(r, p);
         }
     }
 }
@@ -597,12 +724,16 @@ static void add_pending(struct tn_relay *r) {
         list = p->next;
         p->next = r->active;
         r->active = p;
-        struct epoll_event ce = {.events = EPOLLRDHUP, .data.ptr = &p->cs};
+        struct epoll_event ce = {.events = 0, .data.ptr = &p->cs};
         struct epoll_event ue = {.events = EPOLLIN, .data.ptr = &p->us};
-        p->cmask = EPOLLRDHUP;
+        p->cmask = 0;
         p->umask = EPOLLIN;
-        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, p->cfd, &ce) < 0 ||
-            epoll_ctl(r->epfd, EPOLL_CTL_ADD, p->ufd, &ue) < 0) {
+        if (xepoll_ctl(r->epfd, EPOLL_CTL_ADD, p->cfd, &ce) < 0) {
+            finish(r, p);
+            continue;
+        }
+        p->creg = 1;
+        if (xepoll_ctl(r->epfd, EPOLL_CTL_ADD, p->ufd, &ue) < 0) {
             finish(r, p);
             continue;
         }
@@ -610,16 +741,23 @@ static void add_pending(struct tn_relay *r) {
     }
 }
 
+static int closing_wanted(const struct buf *ids, uint64_t conn) {
+    for (size_t i = 0; i + 8 <= ids->len; i += 8) {
+        uint64_t v = 0;
+        for (int k = 0; k < 8; k++)
+            v |= (uint64_t)ids->p[i + k] << (8 * k);
+        if (v == conn)
+            return 1;
+    }
+    return 0;
+}
+
 static void *run(void *arg) {
     struct tn_relay *r = arg;
     struct epoll_event evs[64];
+    struct buf closing = {0};
     for (;;) {
-        int timeout = -1; /* with records waiting: the end of the batch interval */
-        if (!r->out_blocked && __atomic_load_n(&r->out.len, __ATOMIC_RELAXED)) {
-            int64_t left = FLUSH_NS - ns_since(&r->first);
-            timeout = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
-        }
-        int n = epoll_wait(r->epfd, evs, 64, timeout);
+        int n = epoll_wait(r->epfd, evs, 64, notify_timeout(r));
         if (n < 0 && errno != EINTR)
             break;
         for (int i = 0; i < n; i++) {
@@ -630,55 +768,62 @@ static void *run(void *arg) {
                     continue;
                 continue;
             }
-            if (s == &r->outside) {
-                flush_out(r);
-                continue;
-            }
-            if (s->pair->done || (!s->up && s->pair->eof))
-                continue;
+            struct pair *p = s->pair;
+            if (p->done || (s->up && p->ufd < 0) || (!s->up && !p->creg))
+                continue; /* an event from before this iteration changed the pair */
             if (s->up)
-                on_upstream(r, s->pair, evs[i].events);
+                on_upstream(r, p, evs[i].events);
             else
-                on_client(r, s->pair, evs[i].events);
+                on_client(r, p, evs[i].events);
+            busy_update(r, p);
         }
         pthread_mutex_lock(&r->mu);
         int stop = r->stop, close_all = r->close_all, paused = r->paused;
+        uint64_t drain = r->drain_gen;
         r->close_all = 0;
+        struct buf swap = r->closing; /* the ids to close, taken whole */
+        r->closing = closing;
+        closing = swap;
         pthread_mutex_unlock(&r->mu);
         add_pending(r);
-        size_t pending = __atomic_load_n(&r->out.len, __ATOMIC_RELAXED);
-        if (!r->out_blocked && (pending >= FLUSH_BYTES ||
-                                (pending && ns_since(&r->first) >= FLUSH_NS) || close_all || stop))
-            flush_out(r);
         r->cur_paused = paused;
+        r->cur_draining = drain != 0;
         struct pair **pp = &r->active;
         while (*pp) {
             struct pair *p = *pp;
-            if (!p->done && (close_all || stop))
-                finish(r, p); /* shutdown: drop every connection now */
+            if (!p->done && (close_all || stop || p->fail))
+                finish(r, p); /* shutdown: drop every connection now; a failure: this one */
+            if (!p->done && closing.len && closing_wanted(&closing, p->conn))
+                finish(r, p); /* Python closed it (QEMU replaced or refused its data fd) */
+            if (!p->done && p->hup)
+                pump(r, p); /* read without epoll: perhaps there is room now */
             if (p->done) {
                 *pp = p->next;
                 free_pair(p);
                 continue;
             }
             set_mask(r, p); /* a no-op unless what the pair waits for changed */
+            busy_update(r, p);
             pp = &p->next;
         }
-        if (stop) {
-            flush_out(r);
+        closing.len = 0;
+        /* from here on no client is read while draining: what is busy only ends */
+        __atomic_store_n(&r->drain_ack, drain, __ATOMIC_SEQ_CST);
+        notify_python(r, close_all || stop);
+        if (stop)
             break;
-        }
     }
+    free(closing.p);
     return NULL;
 }
 
 /* -- API for Python (cffi releases the GIL around each call) ------------------------- */
 
-tn_relay *tn_new(int outfd, const uint8_t *codes) {
-    tn_relay *r = calloc(1, sizeof *r);
+tn_relay *tn_new(const uint8_t *codes) {
+    faults_init();
+    tn_relay *r = xcalloc(1, sizeof *r);
     if (!r)
         return NULL;
-    r->outfd = outfd;
     r->ch_tpm = codes[0];
     r->dir_cmd = codes[1];
     r->dir_rsp = codes[2];
@@ -686,18 +831,18 @@ tn_relay *tn_new(int outfd, const uint8_t *codes) {
     r->fr[TN_MSSIM] = codes[4];
     r->fr[TN_UNFRAMED] = codes[5];
     r->evside.pair = NULL;
-    r->outside.pair = NULL;
-    r->epfd = r->evfd = -1;
+    r->epfd = r->evfd = r->notefd = -1;
     pthread_mutex_init(&r->mu, NULL);
     pthread_mutex_init(&r->omu, NULL);
     r->epfd = epoll_create1(EPOLL_CLOEXEC);
     r->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (r->epfd < 0 || r->evfd < 0) {
+    r->notefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->epfd < 0 || r->evfd < 0 || r->notefd < 0) {
         tn_free(r);
         return NULL;
     }
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &r->evside};
-    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->evfd, &ev) < 0) {
+    if (xepoll_ctl(r->epfd, EPOLL_CTL_ADD, r->evfd, &ev) < 0) {
         tn_free(r);
         return NULL;
     }
@@ -714,6 +859,10 @@ tn_relay *tn_new(int outfd, const uint8_t *codes) {
     return r;
 }
 
+int tn_notefd(tn_relay *r) {
+    return r->notefd;
+}
+
 static void wake(tn_relay *r) {
     uint64_t one = 1;
     ssize_t n = write(r->evfd, &one, sizeof one);
@@ -722,7 +871,7 @@ static void wake(tn_relay *r) {
 
 int tn_add(tn_relay *r, int cfd, int ufd, uint64_t conn, size_t max_message,
            const uint8_t *early, size_t early_len) {
-    struct pair *p = calloc(1, sizeof *p);
+    struct pair *p = xcalloc(1, sizeof *p);
     if (!p)
         return -1;
     p->cfd = cfd;
@@ -738,13 +887,14 @@ int tn_add(tn_relay *r, int cfd, int ufd, uint64_t conn, size_t max_message,
     size_t cap = max_message + MSSIM_PREFIX;
     if (early_len > cap)
         cap = early_len;
-    p->rq.p = malloc(cap);
+    p->rq.p = xmalloc(cap);
     if (!p->rq.p) {
         free(p);
         return -1;
     }
     p->rq.cap = cap;
-    memcpy(p->rq.p, early, early_len);
+    if (early_len)
+        memcpy(p->rq.p, early, early_len);
     p->rq.len = early_len;
     __atomic_add_fetch(&r->nactive, 1, __ATOMIC_SEQ_CST);
     pthread_mutex_lock(&r->mu);
@@ -760,6 +910,44 @@ void tn_pause(tn_relay *r, int paused) {
     r->paused = paused;
     pthread_mutex_unlock(&r->mu);
     wake(r);
+}
+
+/* A stop begins: no client is read from now on (requests already forwarded still get
+ * their responses). tn_busy says when none is left. */
+void tn_drain(tn_relay *r) {
+    pthread_mutex_lock(&r->mu);
+    r->drain_gen++;
+    pthread_mutex_unlock(&r->mu);
+    wake(r);
+}
+
+/* Requests outstanding (pair_busy). While a tn_drain is not yet acted on by the thread
+ * this says 1: the thread may be forwarding a request at this moment. */
+int tn_busy(tn_relay *r) {
+    pthread_mutex_lock(&r->mu);
+    uint64_t want = r->drain_gen;
+    pthread_mutex_unlock(&r->mu);
+    if (want && __atomic_load_n(&r->drain_ack, __ATOMIC_SEQ_CST) != want)
+        return 1;
+    int n = __atomic_load_n(&r->nbusy, __ATOMIC_SEQ_CST);
+    return n > 0 ? n : 0;
+}
+
+/* Close connection `conn` at once (both sides), if the thread still relays it. */
+int tn_close_conn(tn_relay *r, uint64_t conn) {
+    pthread_mutex_lock(&r->mu);
+    int rc = buf_reserve(&r->closing, 8);
+    if (rc == 0) {
+        put_le(r->closing.p + r->closing.len, conn, 8);
+        r->closing.len += 8;
+    }
+    pthread_mutex_unlock(&r->mu);
+    wake(r);
+    return rc;
+}
+
+uint64_t tn_lost(tn_relay *r) {
+    return __atomic_load_n(&r->lost, __ATOMIC_SEQ_CST);
 }
 
 int tn_active(tn_relay *r) {
@@ -788,31 +976,37 @@ void tn_stop(tn_relay *r) {
             finish(r, p);
 }
 
-/* Under tn_lock_out: what the pipe has not had yet, in the pipe's format (the rest of
- * the batch in flight, then the records not yet batched as one batch). */
-size_t tn_pending_out(tn_relay *r) {
-    return (r->wr.len - r->wr_off) + batch_size(r);
-}
-
-size_t tn_take_out(tn_relay *r, uint8_t *dst, size_t cap) {
-    size_t need = tn_pending_out(r), rest = r->wr.len - r->wr_off;
-    if (cap < need)
-        return 0;
-    memcpy(dst, r->wr.p + r->wr_off, rest);
-    r->wr.len = r->wr_off = 0;
-    if (r->out.len)
-        batch_into(r, dst + rest);
-    return need;
-}
-
-/* Python takes every record made so far (the pipe's, then the buffer's) under this
- * lock, before it writes a record of its own: the capture stays in relay order. */
-void tn_lock_out(tn_relay *r) {
+/* Every record made so far, moved into `b` (Python copies it out, then tn_batch_free):
+ * the lock is held for the swap only, never while Python runs. 0: nothing waits. */
+int tn_take(tn_relay *r, tn_batch *b) {
     pthread_mutex_lock(&r->omu);
+    b->data = r->out.p;
+    b->len = r->out.len;
+    b->frames = r->out_frames;
+    b->closed = (uint64_t *)(void *)r->closed.p;
+    b->nclosed = r->closed.len / 8;
+    int any = r->out.len > 0 || r->closed.len > 0;
+    r->out.p = NULL;
+    r->out.cap = 0;
+    __atomic_store_n(&r->out.len, 0, __ATOMIC_RELAXED); /* the thread reads it unlocked */
+    memset(&r->closed, 0, sizeof r->closed);
+    r->out_frames = 0;
+    r->notified = 0;
+    pthread_mutex_unlock(&r->omu);
+    if (!any) {
+        tn_batch_free(b);
+        return 0;
+    }
+    return 1;
 }
 
-void tn_unlock_out(tn_relay *r) {
-    pthread_mutex_unlock(&r->omu);
+void tn_batch_free(tn_batch *b) {
+    free(b->data);
+    free(b->closed);
+    b->data = NULL;
+    b->closed = NULL;
+    b->len = b->nclosed = 0;
+    b->frames = 0;
 }
 
 void tn_free(tn_relay *r) {
@@ -828,9 +1022,11 @@ void tn_free(tn_relay *r) {
         close(r->epfd);
     if (r->evfd >= 0)
         close(r->evfd);
+    if (r->notefd >= 0)
+        close(r->notefd);
     free(r->out.p);
-    free(r->wr.p);
     free(r->closed.p);
+    free(r->closing.p);
     pthread_mutex_destroy(&r->mu);
     pthread_mutex_destroy(&r->omu);
     free(r);

@@ -141,11 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--relay",
         choices=("auto", "native", "python"),
-        default="python",
-        help="TPM data-channel hot path: python (asyncio; default), native (a small C epoll "
-        "thread built by `make venv`: less latency than socat; opt-in while it is new, "
-        "docs/performance.md), or auto: native when it is built, else python with a "
-        "warning. Control channels and QEMU's are relayed in Python either way",
+        default="auto",
+        help="TPM data-channel hot path, also for the data channel QEMU hands over: auto "
+        "(default): native when it loads, else python with one warning; native (a small C "
+        "epoll thread built by `pip install`/`make venv`: less latency than socat; exit 3 "
+        "if it cannot load); python (asyncio). Control channels are relayed in Python",
     )
     add_auth_arg(p)
     p.add_argument(

@@ -21,7 +21,7 @@ import structlog
 from .. import __version__
 from ..codec.channels import CtrlChannel, DataChannel
 from ..model import FrameConsumer
-from ..model.exits import EXIT_OK, EXIT_STARTUP
+from ..model.exits import EXIT_CAPTURE_LOST, EXIT_OK, EXIT_STARTUP, combine
 from ..pipeline.interface import FramePipeline
 from ..pipeline.worker import (
     WorkerPipeline,
@@ -197,8 +197,11 @@ class Daemon:
 
     def close(self) -> int:
         """Close the pipeline: wait until every output has every record (a second
-        SIGTERM/SIGINT cuts that short); its exit code (0, 1 or 4)."""
-        return self.pipeline.close(cut=self.cut.is_set())
+        SIGTERM/SIGINT cuts that short); its exit code (0, 1 or 4; 4 also when the native
+        relay could not record messages)."""
+        code = self.pipeline.close(cut=self.cut.is_set())
+        lost = EXIT_CAPTURE_LOST if self.native is not None and self.native.lost else EXIT_OK
+        return combine(lost, code)
 
     # -- the steps of serve() ------------------------------------------------------------
     def _start_native(self) -> FramePipeline:

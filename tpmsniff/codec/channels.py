@@ -58,6 +58,11 @@ class DataChannel:
         )
 
     @property
+    def waiting(self) -> bool:
+        """A request was sent upstream and its response is not complete yet."""
+        return self._waiting
+
+    @property
     def done(self) -> bool:
         """After client EOF: every request was sent and answered (or never will be)."""
         return self._eof and not self._waiting and not self._queue and not self._requests.pending
@@ -144,6 +149,11 @@ class CtrlChannel:
     def __init__(self) -> None:
         self._requests = CtrlRequestFramer()
         self._responses = CtrlResponseFramer()
+
+    @property
+    def waiting(self) -> bool:
+        """A request was forwarded and its response is not complete yet."""
+        return self._responses.pending > 0
 
     def from_client(self, data: bytes) -> tuple[list[bytes], list[Event]]:
         writes, msgs = self._requests.feed(data)

@@ -185,6 +185,11 @@ class CtrlResponseFramer:
         self._buf = bytearray()
         self._pending: list[int | None] = []
 
+    @property
+    def pending(self) -> int:
+        """Requests whose responses have not come yet."""
+        return len(self._pending)
+
     def expect(self, cmd: int | None) -> None:
         self._pending.append(cmd)
 

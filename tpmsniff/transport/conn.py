@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -21,9 +21,11 @@ from ..model import Channel, ConnInfo, Event, EventSink
 from .addresses import Address
 from .limits import RateLimited, guarded
 
+if TYPE_CHECKING:
+    from .native import NativeRelay
+
 log = structlog.get_logger("tpmsniff.relay")
 
-EOF_GRACE = 2.0  # s: after client EOF, how long the last queued requests may take
 # Every client read lands here and is copied out before the next read (reads are
 # synchronous: get_buffer, recv, buffer_updated), so no read exceeds MAX_QUEUED_BYTES and
 # an idle connection costs no buffer.
@@ -49,6 +51,9 @@ class ChannelMachine(Protocol):
 
     @property
     def done(self) -> bool: ...
+
+    @property
+    def waiting(self) -> bool: ...
 
     def from_client(self, data: bytes) -> tuple[list[bytes], list[Event]]: ...
 
@@ -79,6 +84,7 @@ class Passthrough:
     full = False
     hungry = True
     done = True
+    waiting = False
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
@@ -128,6 +134,7 @@ class RelayContext(Protocol):
     pipeline: EventSink
     counter: ConnCounter
     clients: set[ClientConn]
+    native: NativeRelay | None
 
     def machine(self) -> ChannelMachine: ...
 
@@ -154,8 +161,8 @@ class Upstream(asyncio.Protocol):
         for w in writes:
             self.transport.write(w)  # type: ignore[union-attr]
         c.publish(events)
-        if c.closed:
-            c.maybe_close_upstream()
+        if c.eof:
+            c.maybe_shut_upstream()
         elif c.paused and c.sm.hungry:
             c.paused = False
             c.resume()
@@ -199,12 +206,15 @@ class ClientConn(Guarded, asyncio.BufferedProtocol):
         self.up: Upstream | None = None
         self.conn = 0
         self.peer = ""
-        self.closed = False
+        self.closed = False  # the client is gone (reset, or it could not take a response)
+        self.eof = False  # the client's read side ended: its queued requests still go
         self.paused = False
         self._finished = False
         self._early: list[bytes] = []  # bytes that arrived before the upstream connected
         self._connecting: asyncio.Task[None] | None = None
-        self._grace: asyncio.TimerHandle | None = None
+        self._eof_early = False  # EOF read before the upstream was up
+        self._shut = False  # the client's EOF was passed on upstream
+        self.draining = False  # a stop began: no more requests are read
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -247,15 +257,43 @@ class ClientConn(Guarded, asyncio.BufferedProtocol):
         early, self._early = self._early, []
         for data in early:
             self.data_received(data)
-        if self.closed:  # the client left before the upstream was up: pass its EOF on
-            self.connection_lost(None)
+        if self.closed:  # the client was gone before the upstream was up
+            self.close_upstream()
             return
+        if self._eof_early:
+            self._client_eof()
         self.resume()
 
     def resume(self) -> None:
         """Read the client again, unless its own queue or the capture worker is full."""
-        if self.transport is not None and not self.paused and not self.relay.pipeline.congested:
+        if (
+            self.transport is not None
+            and not self.paused
+            and not self.eof
+            and not self.draining
+            and not self.relay.pipeline.congested
+        ):
             self.transport.resume_reading()
+
+    @property
+    def busy(self) -> bool:
+        """A request outstanding: forwarded upstream and its response not yet all written
+        to the client (or, after the client's EOF, still to go). Open alone is not busy:
+        QEMU holds its data connection for the VM's life."""
+        if self.closed or self._finished or self.up is None:
+            return False
+        t = self.transport
+        return (
+            self.sm.waiting
+            or (self.eof and not self._shut)
+            or (t is not None and t.get_write_buffer_size() > 0)
+        )
+
+    def drain(self) -> None:
+        """A stop begins: read no more requests (those outstanding still finish)."""
+        self.draining = True
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
 
     # -- reading the client (BufferedProtocol) -----------------------------------
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -285,40 +323,49 @@ class ClientConn(Guarded, asyncio.BufferedProtocol):
             guarded(lambda: self.relay.pipeline.events(self.conn, time.time(), events))
 
     def eof_received(self) -> bool:
-        return False  # half-close is not used by any client: treat as full close
+        self._client_eof()
+        return True  # keep writing: a client that half-closed still reads its responses
+
+    def _client_eof(self) -> None:
+        """End of stream (docs/protocols.md): nothing is dropped; what is queued still
+        goes one request at a time, each response to the client, then the EOF is passed
+        on and swtpm closes."""
+        if self.up is None:
+            self._eof_early = True  # _connect passes it on
+            return
+        if self.eof:
+            return
+        self.eof = True
+        ut = self.up.transport
+        if ut is None or ut.is_closing():
+            return
+        writes, events = self.machine_call(self.sm.client_eof, None)
+        for w in writes:
+            ut.write(w)
+        self.publish(events)
+        self.maybe_shut_upstream()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._finished:
             return
-        self.closed = True
+        self.closed = True  # gone: a reset, or a response it could not take
         if self.up is None:
             return  # _connect finishes the job (or the upstream never came)
-        ut = self.up.transport
-        if ut is None or ut.is_closing():
-            self._finish()
-            return
-        if exc is None:
-            # a clean EOF: what is queued still goes, one request at a time (see
-            # Upstream.data_received), for at most EOF_GRACE
-            ut.resume_reading()  # responses now go nowhere: never wait on the client
-            writes, events = self.machine_call(self.sm.client_eof, None)
-            for w in writes:
-                ut.write(w)
-            self.publish(events)
-            self._grace = asyncio.get_running_loop().call_later(EOF_GRACE, self.close_upstream)
-            self.maybe_close_upstream()
-        else:
-            self.close_upstream()  # reset or broken pipe: dropped, as swtpm itself would
+        self.close_upstream()  # at once, as swtpm's own connection would be
 
-    def maybe_close_upstream(self) -> None:
-        """After client EOF: close the upstream once the machine has nothing left."""
-        if self.sm.done:
-            self.close_upstream()
+    def maybe_shut_upstream(self) -> None:
+        """After client EOF: once the machine has nothing left to send or wait for, pass
+        the EOF on (swtpm answers what it has read, then closes: upstream_lost)."""
+        ut = self.up.transport if self.up is not None else None
+        if self._shut or not self.sm.done or ut is None or ut.is_closing():
+            return
+        self._shut = True
+        if ut.can_write_eof():
+            ut.write_eof()
+        else:
+            ut.close()
 
     def close_upstream(self) -> None:
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
         if self.up is not None and self.up.transport is not None:
             self.up.transport.close()  # connection_lost -> upstream_lost -> _finish
 
@@ -329,9 +376,7 @@ class ClientConn(Guarded, asyncio.BufferedProtocol):
                 t.abort()
 
     def upstream_lost(self, exc: Exception | None) -> None:
-        if self._grace is not None:
-            self._grace.cancel()
-            self._grace = None
+        """swtpm closed: the client gets every byte it sent (close() flushes), then EOF."""
         events = self.machine_call(lambda: ([], self.sm.server_eof()), None)[1]
         self.publish(events)
         if self.transport is not None and not self.closed:

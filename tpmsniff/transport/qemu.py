@@ -3,8 +3,9 @@
 QEMU never sends TPM commands on its control socket: it hands swtpm one end of a
 socketpair with CMD_SET_DATAFD over SCM_RIGHTS (docs/protocols.md §8). To see the TPM
 traffic tpmsniff keeps QEMU's fd, gives swtpm one end of its own socketpair with the same
-4 bytes in one sendmsg, and relays between the two through the ordinary data relay.
-Every read from QEMU uses recvmsg with room for fds, so none is ever dropped.
+4 bytes in one sendmsg, and relays between the two through the ordinary data relay: the
+native one when it runs (as every TPM data channel), else `ClientConn`. Every read from
+QEMU uses recvmsg with room for fds, so none is ever dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .conn import ChannelMachine, ClientConn, Guarded, RelayContext
 from .endpoints import connect_upstream
 from .fdpass import recv_with_fds, wait_fd
 from .limits import RateLimited, guarded
+from .native import NativeConn
 
 log = structlog.get_logger("tpmsniff.qemu")
 _session_errors = RateLimited(log, "qemu control channel error; relaying byte for byte")
@@ -49,8 +51,20 @@ class QemuCtrlSession(Guarded):
         self.usock: socket.socket | None = None
         self.sm: ChannelMachine = CtrlChannel()
         self.conn = relay.counter.next()
-        self.bridge: ClientConn | None = None
+        self.bridge: ClientConn | NativeConn | None = None
         self._closed = False
+
+    @property
+    def busy(self) -> bool:
+        """A control request is outstanding (its bridge counts with its relay's)."""
+        return not self._closed and self.sm.waiting
+
+    def _close_bridge(self) -> None:
+        b = self.bridge
+        if isinstance(b, NativeConn):
+            b.close()
+        elif b is not None and b.transport is not None:
+            b.transport.close()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -135,10 +149,19 @@ class QemuCtrlSession(Guarded):
                     await wait_fd(self._upstream().fileno(), write=True)
         finally:
             theirs.close()  # swtpm's exit now gives EOF on `mine`; closing `mine` a HUP
-        if self.bridge is not None and self.bridge.transport is not None:
-            self.bridge.transport.close()  # a second SET_DATAFD replaces the first
+        self._close_bridge()  # a second SET_DATAFD replaces the first
         mine.setblocking(False)
         qsock.setblocking(False)
+        peer = f"qemu-data (ctrl conn {self.conn})"
+        native = self.relay.native
+        if native is not None:
+
+            async def given() -> socket.socket:
+                return mine
+
+            conn = self.relay.counter.next()
+            self.bridge = await native.hand_over(qsock, b"", conn, peer, given, "swtpm data fd")
+            return
 
         async def connect_mine(factory: Callable[[], asyncio.Protocol]) -> tuple[Any, Any]:
             return await loop.connect_accepted_socket(factory, mine)
@@ -148,7 +171,7 @@ class QemuCtrlSession(Guarded):
                 self.relay,  # its data machine: DataChannel(--max-message)
                 None,
                 connect_mine,
-                peer=f"qemu-data (ctrl conn {self.conn})",
+                peer=peer,
                 upstream="swtpm data fd",
             ),
             qsock,
@@ -172,8 +195,7 @@ class QemuCtrlSession(Guarded):
                         and self.bridge is not None
                     ):
                         log.warning("swtpm refused the data fd", conn=self.conn)
-                        if self.bridge.transport is not None:
-                            self.bridge.transport.close()
+                        self._close_bridge()
         except OSError:
             pass
         # swtpm closed its control side (e.g. after CMD_SHUTDOWN): close QEMU's
@@ -189,5 +211,4 @@ class QemuCtrlSession(Guarded):
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-        if self.bridge is not None and self.bridge.transport is not None:
-            self.bridge.transport.close()
+        self._close_bridge()

@@ -104,7 +104,14 @@ class Relay:
 
     @property
     def busy(self) -> bool:
-        return bool(self.clients or self.sessions or (self.native and self.native.active))
+        """A request is outstanding on one of this relay's connections (forwarded, its
+        response not yet all relayed): what a stop waits for. Connections that are only
+        open (QEMU always holds one) do not count."""
+        return (
+            any(c.busy for c in self.clients)
+            or any(s.busy for s in self.sessions)
+            or (self.native is not None and self.native.busy)
+        )
 
     @property
     def active(self) -> int:
@@ -256,15 +263,27 @@ class Relay:
     async def _native(self, sock: socket.socket, data: bytes) -> None:
         """A TPM data connection for the C relay (it counts in `native.active` from then)."""
         assert self.native is not None
-        peer = sock.getpeername()
+        try:
+            peer = sock.getpeername()
+        except OSError:  # reset already: what it sent before still goes (protocols.md)
+            peer = None if sock.family == socket.AF_UNIX else ("?", "?")
         text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else f"unix:{self.listen.path}"
         conn = self.counter.next()
         try:
             await self.native.hand_over(sock, data, conn, text, self.upstream)
+        except BaseException:
+            sock.close()
+            raise
         finally:
             self._held.discard(sock)
 
     def stop_accepting(self) -> None:
+        """A stop begins: accept nothing more and read no new request from the
+        connections (those outstanding still finish: `busy`)."""
+        for c in self.clients:
+            c.drain()
+        if self.native is not None:
+            self.native.drain()
         if self._accepting is not None:
             self._accepting.cancel()
         if self._lsock is not None:

@@ -68,6 +68,7 @@ class _Relay:
         self.pipeline = _Sink(fail=True)
         self.counter = ConnCounter()
         self.clients: set = set()
+        self.native = None
         self.listen = type("L", (), {"path": "x"})()
         self.upstream = "up"
 

@@ -43,6 +43,7 @@ class _Relay:
         self.pipeline = _Pipeline()
         self.counter = ConnCounter()
         self.clients: set = set()
+        self.native = None  # the Python bridge (the native one: integration tests)
         self.made: list[DataChannel] = []
 
     def machine(self) -> DataChannel:
