@@ -10,6 +10,7 @@ Errors are one line.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import __version__
@@ -73,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"tpmsniff {__version__}")
-    p.add_argument("--listen", required=True, metavar="ADDR", help="where clients connect")
+    p.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help="where clients connect (not needed when systemd passes listening sockets: "
+        "socket activation, LISTEN_FDS; docs/deploy.md)",
+    )
     p.add_argument(
         "--upstream",
         required=True,
@@ -164,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         from . import decode
 
         return decode.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.listen and not os.environ.get("LISTEN_FDS"):
+        parser.error("--listen is required (unless systemd passes listening sockets)")
     configure(args.log_format, args.log_level)
     return run(args)
