@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "extcap":
+        configure("console", "warning")
+        from . import extcap
+
+        return extcap.main(argv[1:])
     if argv and argv[0] in ("check", "decode"):
         configure("console", "warning")
         if argv[0] == "check":
