@@ -16,6 +16,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 
@@ -44,18 +45,22 @@ def daemons() -> dict[str, str]:
                 path = fh.readline().strip()
         except OSError:
             continue
-        if path and _alive(path):
+        if path and _alive(name[4:], path):
             out[PREFIX + name[4:]] = path
     return out
 
 
-def _alive(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(path)
-        except OSError:
-            return False
-    return True
+def _alive(pid: str, path: str) -> bool:
+    """Its process runs and its socket is there (no probe connection: the daemon would
+    count it as a reader)."""
+    try:
+        if pid.isdigit():
+            os.kill(int(pid), 0)
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except PermissionError:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def interfaces() -> str:
