@@ -191,16 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--user", action="store_true", help="with --install: the personal folder, even as root"
     )
-    p.add_argument("--extcap-interfaces", action="store_true")
-    p.add_argument("--extcap-dlts", action="store_true")
-    p.add_argument("--extcap-config", action="store_true")
-    p.add_argument("--extcap-interface")
+    p.add_argument(
+        "--extcap-interfaces", action="store_true", help="list the interfaces (Wireshark calls it)"
+    )
+    p.add_argument("--extcap-dlts", action="store_true", help="list an interface's link types")
+    p.add_argument("--extcap-config", action="store_true", help="list an interface's config fields")
+    p.add_argument("--extcap-interface", help="the interface Wireshark means")
     p.add_argument("--extcap-version")
     p.add_argument("--extcap-capture-filter")
-    p.add_argument("--capture", action="store_true")
-    p.add_argument("--fifo")
-    p.add_argument("--listen")
-    p.add_argument("--upstream")
+    p.add_argument(
+        "--capture", action="store_true", help="capture from --extcap-interface into --fifo"
+    )
+    p.add_argument("--fifo", help="the pipe Wireshark reads")
+    p.add_argument("--listen", help="proxy: where the TPM client connects")
+    p.add_argument("--upstream", help="proxy: swtpm's socket")
     p.add_argument("--mode", choices=("auto", "qemu", "swtpm"), default="auto")
     return p
 
