@@ -192,9 +192,14 @@ class TeeSink(BaseSink):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self._header = self._drain()  # SHB + IDB: what every reader gets first
+        os.set_blocking(self._rfd, True)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="pcap-tee", daemon=True)
         self._thread.start()
+        # the pipe is drained all the time, so the encoder's writes (and the worker) never
+        # wait on it, whatever one message's size
+        self._pump = threading.Thread(target=self._pump_blocks, name="pcap-tee-pump", daemon=True)
+        self._pump.start()
         self._entry = register(path)
         log.info("pcap-tee listening", path=path, registered=self._entry)
 
@@ -211,10 +216,31 @@ class TeeSink(BaseSink):
             out += b
         return bytes(out)
 
-    def _fan_out(self) -> None:
-        chunk = self._drain()  # whole blocks: the encoder writes each block at once
-        if not chunk:
-            return
+    def _pump_blocks(self) -> None:
+        """Read the encoder's output until it closes; hand on whole blocks only (a
+        pcapng block's total length is its second 32-bit word), so a drop never cuts one."""
+        buf = bytearray()
+        while True:
+            try:
+                data = os.read(self._rfd, 1 << 16)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            end = 0
+            while len(buf) - end >= 8:
+                n = int.from_bytes(buf[end + 4 : end + 8], "little")
+                if n < 12 or len(buf) - end < n:
+                    break
+                end += n
+            if end:
+                self._fan_out(bytes(buf[:end]))
+                del buf[:end]
+
+    def _fan_out(self, chunk: bytes) -> None:
         with self._lock:
             for r in self._readers:
                 r.offer(chunk)
@@ -268,15 +294,13 @@ class TeeSink(BaseSink):
 
     def frame(self, f: Frame) -> None:
         self._encoder.frame(f)
-        self._fan_out()
 
     def conn_close(self, conn: int, ts: float) -> None:
         self._encoder.conn_close(conn, ts)
-        self._fan_out()
 
     def close(self) -> None:
-        self._encoder.close()
-        self._fan_out()
+        self._encoder.close()  # closes the pipe's write end: the pump reads to its end
+        self._pump.join(5)
         self._stop.set()
         self._thread.join(2)
         with self._lock:
