@@ -39,9 +39,10 @@ def test_units_verify(tmp_path):
     unit = (ROOT / "systemd" / "tpmsniff@.service").read_text()
     (tmp_path / "tpmsniff@.service").write_text(unit.replace("/usr/local/bin/tpmsniff", exe))
     shutil.copy(ROOT / "systemd" / "swtpm@.service", tmp_path)
+    shutil.copy(ROOT / "systemd" / "tpmsniff@.socket", tmp_path)  # socket activation
     env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{tmp_path}:")
     p = subprocess.run(
-        [analyze, "verify", "tpmsniff@vm1.service", "swtpm@vm1.service"],
+        [analyze, "verify", "tpmsniff@vm1.service", "swtpm@vm1.service", "tpmsniff@vm1.socket"],
         env=env,
         capture_output=True,
         text=True,

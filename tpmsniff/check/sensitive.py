@@ -18,6 +18,7 @@ from tpm2_pytss.constants import TPM2_CC
 
 from ..codec.authvalues import OPTIONAL_FIRST, SENSITIVE_FIRST, readable_values
 from ..codec.tpm import cc_name
+from ..codec.wellknown import well_known
 from ..model import Channel, Direction, Frame, Verdict
 from .findings import Finding
 
@@ -40,7 +41,11 @@ class SensitivePolicy:
             return []
         command = f.direction is Direction.COMMAND
         out = [
-            Finding("sensitive", f"{r.field} readable by an observer ({r.how})", field=r.field)
+            Finding(
+                "sensitive",
+                f"{r.field}{_named(r.value)} readable by an observer ({r.how})",
+                field=r.field,
+            )
             for r in readable_values(t, f.message, command)
             if self._wanted(r.option)
         ]
@@ -62,3 +67,9 @@ class SensitivePolicy:
                     )
                 )
         return out
+
+
+def _named(value: bytes) -> str:
+    """` (BitLocker VMK)` for a well-known secret; never its bytes."""
+    name = well_known(value)
+    return f" ({name})" if name else ""

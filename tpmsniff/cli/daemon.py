@@ -78,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"tpmsniff {__version__}")
-    p.add_argument("--listen", required=True, metavar="ADDR", help="where clients connect")
+    p.add_argument(
+        "--listen",
+        metavar="ADDR",
+        help="where clients connect (not needed when systemd passes listening sockets: "
+        "socket activation, LISTEN_FDS; docs/deploy.md)",
+    )
     p.add_argument(
         "--upstream",
         required=True,
@@ -164,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     (tens of ms) would only delay the exit a service manager waits for."""
     as_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "extcap":
+        configure("console", "warning")
+        from . import extcap
+
+        return extcap.main(argv[1:])
     if argv and argv[0] in ("check", "decode"):
         configure("console", "warning")
         if argv[0] == "check":
@@ -173,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import decode
 
         return decode.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.listen and not os.environ.get("LISTEN_FDS"):
+        parser.error("--listen is required (unless systemd passes listening sockets)")
     configure(args.log_format, args.log_level)
     code = run(args)
     if as_program:

@@ -69,6 +69,7 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
 def render() -> str:
     from . import check as checkcmd
     from . import decode as decodecmd
+    from . import extcap as extcapcmd
     from .daemon import build_parser
 
     main = build_parser()
@@ -77,11 +78,14 @@ def render() -> str:
         ".SH NAME",
         r"tpmsniff \- live TPM bus sniffing proxy for swtpm",
         ".SH SYNOPSIS",
-        r"\fBtpmsniff\fR \fB\-\-listen\fR \fIADDR\fR \fB\-\-upstream\fR \fIADDR\fR [\fIOPTIONS\fR]",
+        r"\fBtpmsniff\fR [\fB\-\-listen\fR \fIADDR\fR] "
+        r"\fB\-\-upstream\fR \fIADDR\fR [\fIOPTIONS\fR]",
         ".br",
         r"\fBtpmsniff decode\fR \fIINPUT\fR... [\fIOPTIONS\fR]",
         ".br",
         r"\fBtpmsniff check\fR \fIINPUT\fR... [\fIOPTIONS\fR]",
+        ".br",
+        r"\fBtpmsniff extcap\fR [\fB\-\-install\fR [\fB\-\-user\fR]]",
         ".SH DESCRIPTION",
         _esc(main.description or ""),
         ".SH OPTIONS",
@@ -92,6 +96,9 @@ def render() -> str:
         ".SH CHECK",
         _esc(checkcmd.build_parser().description or ""),
         *_options(checkcmd.build_parser()),
+        ".SH EXTCAP",
+        _esc(extcapcmd.build_parser().description or ""),
+        *_options(extcapcmd.build_parser()),
         ".SH EXAMPLES",
         ".nf",
         _esc((main.epilog or "").split("exit codes:")[0].strip()),

@@ -30,6 +30,7 @@ from ..pipeline.worker import (
     start_error_text,
 )
 from ..sinks.base import OptionError
+from ..transport.activation import Passed, passed_sockets
 from ..transport.addresses import Address, AddressError, parse_address
 from ..transport.conn import ConnCounter
 from ..transport.endpoints import check_unix_upstream, check_upstream
@@ -114,10 +115,30 @@ def parse_owner(text: str) -> tuple[int, int]:
     return uid, gid
 
 
+def _main_listen(args: argparse.Namespace, passed: list[Passed]) -> Address:
+    """The first main listen address: --listen, or the first socket systemd passed."""
+    main = [p for p in passed if p.role != "ctrl"]
+    if passed and not main:
+        raise StartupError("systemd passed only a control-channel socket (named ctrl)")
+    if main:
+        if args.listen:
+            log.info("listening on the sockets systemd passed; --listen ignored")
+        return main[0].address
+    if not args.listen:
+        raise StartupError("--listen is required (unless systemd passes listening sockets)")
+    return _addr(args.listen, "--listen")
+
+
 async def _companion(
-    args: argparse.Namespace, listen: Address, upstream: Address
+    args: argparse.Namespace, listen: Address, upstream: Address, passed: Sequence[Passed] = ()
 ) -> tuple[Address, Address] | None:
     """The control channel's (listen, upstream) pair, or None when there is none."""
+    ctrl = [p for p in passed if p.role == "ctrl"]
+    if ctrl:  # systemd passed it: relay it to --upstream-ctrl or the upstream's companion
+        uc = _addr(args.upstream_ctrl, "--upstream-ctrl") if args.upstream_ctrl else None
+        uc = uc or upstream.companion()
+        await check_upstream(uc)
+        return ctrl[0].address, uc
     if args.listen_ctrl == "none":
         return None
     lc = _addr(args.listen_ctrl, "--listen-ctrl") if args.listen_ctrl else listen.companion()
@@ -161,14 +182,15 @@ class Daemon:
         """Relay until SIGTERM/SIGINT (or `stop` is set, for in-process use); `ready` is
         called with the listeners once READY=1 is sent."""
         args = self.args
-        listen = _addr(args.listen, "--listen")
+        passed = passed_sockets()  # systemd socket activation: these replace --listen
+        listen = _main_listen(args, passed)
         upstream = _addr(args.upstream, "--upstream")
         owner = parse_owner(args.listen_owner) if args.listen_owner else None
         await check_upstream(upstream)
-        companion = await _companion(args, listen, upstream)
+        companion = await _companion(args, listen, upstream, passed)
         pipeline = self._start_native()
         try:
-            self.relays = self._listeners(pipeline, listen, upstream, owner, companion)
+            self.relays = self._listeners(pipeline, listen, upstream, owner, companion, passed)
             await self._listen()
             if stop is None:
                 stop = self._signals(pipeline)
@@ -226,6 +248,7 @@ class Daemon:
         upstream: Address,
         owner: tuple[int, int] | None,
         companion: tuple[Address, Address] | None,
+        passed: Sequence[Passed] = (),
     ) -> list[Relay]:
         args = self.args
         counter = ConnCounter()  # connection numbers unique across listeners
@@ -234,21 +257,27 @@ class Daemon:
             "listen_owner": owner,
             "max_connections": args.max_connections,
         }
+        main: list[Passed | None] = [p for p in passed if p.role != "ctrl"] or [None]
         relays = [
             Relay(
-                listen,
+                p.address if p else listen,
                 upstream,
                 lambda: DataChannel(args.max_message),
                 pipeline,
                 counter,
-                role=ROLES[args.mode],
+                role=ROLES[(p.role if p else None) or args.mode],
                 native=self.native,
+                sock=p.sock if p else None,
                 **common,
             )
+            for p in main
         ]
         if companion:
             lc, uc = companion
-            relays.append(Relay(lc, uc, CtrlChannel, pipeline, counter, role="ctrl", **common))
+            given = next((p.sock for p in passed if p.role == "ctrl"), None)
+            relays.append(
+                Relay(lc, uc, CtrlChannel, pipeline, counter, role="ctrl", sock=given, **common)
+            )
         return relays
 
     async def _listen(self) -> None:

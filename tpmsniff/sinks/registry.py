@@ -10,5 +10,6 @@ from .check import CheckSink
 from .console import ConsoleSink
 from .jsonl import JsonlSink
 from .pcapng import PcapngSink
+from .tee import TeeSink
 
-SINKS: tuple[type[BaseSink], ...] = (ConsoleSink, PcapngSink, JsonlSink, CheckSink)
+SINKS: tuple[type[BaseSink], ...] = (ConsoleSink, PcapngSink, TeeSink, JsonlSink, CheckSink)

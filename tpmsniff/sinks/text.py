@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import TextIO
 
+from ..codec.wellknown import well_known
 from ..model import (
     Channel,
     CtrlInfo,
@@ -331,7 +332,9 @@ def _special(name: str, cmd: bool, h: list[int], p: dict[str, Field]) -> list[st
         return None
     if name in ("GetRandom", "Unseal", "NV_Read"):
         key = {"GetRandom": "randomBytes", "Unseal": "outData", "NV_Read": "data"}[name]
-        return [f"{len(_buf(p[key]) or b'')} bytes"]
+        value = _buf(p[key]) or b""
+        known = well_known(value) if name == "Unseal" and not p[key].encrypted else None
+        return ([known] if known else []) + [f"{len(value)} bytes"]
     if name == "GetCapability":
         data = _kid(p["capabilityData"], "data")
         n = _int(_kid(data, "count"))

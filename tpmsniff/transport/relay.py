@@ -71,8 +71,10 @@ class Relay:
         listen_owner: tuple[int, int] | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         native: NativeRelay | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.listen = listen
+        self._given = sock  # a listening socket passed by systemd: used as it is
         self.upstream = upstream
         self.machine = machine
         self.pipeline = pipeline
@@ -132,6 +134,10 @@ class Relay:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._given is not None:  # systemd made it (SocketMode=, SocketUser=): as is
+            self._lsock = self._given
+            self._accepting = loop.create_task(self._accept_loop(self._lsock))
+            return
         try:
             if self.listen.kind == "unix":
                 prepare_unix_path(self.listen.path)
@@ -289,8 +295,8 @@ class Relay:
         if self._lsock is not None:
             self._lsock.close()
             self._lsock = None
-        if self._accepting is not None and self.listen.kind == "unix":
-            with contextlib.suppress(OSError):
+        if self._accepting is not None and self.listen.kind == "unix" and self._given is None:
+            with contextlib.suppress(OSError):  # a passed socket's path is systemd's
                 os.unlink(self.listen.path)
 
     def close_all(self) -> None:

@@ -20,6 +20,7 @@ from tpmsniff.sinks.console import ConsoleSink
 from tpmsniff.sinks.jsonl import JsonlSink
 from tpmsniff.sinks.pcapng import PcapngSink
 from tpmsniff.sinks.registry import SINKS
+from tpmsniff.sinks.tee import TeeSink
 
 
 def test_declaring_options_imports_nothing_heavy():
@@ -59,7 +60,7 @@ def test_every_sink_builds_itself_from_the_daemon_options(tmp_path):
     finally:
         for s in sinks:
             s.close()
-    assert list(SINKS) == [ConsoleSink, PcapngSink, JsonlSink, CheckSink]
+    assert list(SINKS) == [ConsoleSink, PcapngSink, TeeSink, JsonlSink, CheckSink]
 
 
 def test_pcap_to_stdout_sends_text_to_stderr():
