@@ -39,6 +39,15 @@ start a new capture file at the configured path (logrotate \fIcreate\fR style).
 .TP
 .I /etc/tpmsniff/NAME.env
 settings of the systemd unit \fBtpmsniff@NAME.service\fR.
+.TP
+.I systemd/tpmsniff@.socket
+socket activation: systemd listens for \fBtpmsniff@NAME.service\fR (see docs/deploy.md).
+.TP
+.I tpmsniff/wireshark/tpmsniff.lua
+Wireshark post-dissector shipped with the package: the per-frame comments as
+\fBtpmsniff.verdict\fR, \fBtpmsniff.session\fR, \fBtpmsniff.proof\fR,
+\fBtpmsniff.recovered\fR and \fBtpmsniff.finding\fR fields; copy it, with
+\fItpmsniff.colorfilters\fR, into Wireshark's personal plugin folder (see docs/pcapng.md).
 .SH SEE ALSO
 .BR swtpm (8),
 .BR tshark (1),
