@@ -135,3 +135,68 @@ def test_tee_refuses_a_file_or_symlink(tmp_path, env):
         assert p.returncode == 3 and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert "--pcap-tee" in p.stderr
     assert target.read_text() == "keep" and link.is_symlink()
+
+
+def test_proxy_interface_captures_into_wiresharks_fifo(tmp_path, env):
+    """ "tpmsniff: start a TPM proxy" as Wireshark runs it: `--capture --fifo F` with the
+    config dialog's Listen/Upstream; the proxy relays tpm2-tools and its annotated pcapng
+    arrives in the fifo; Wireshark's stop (SIGTERM) ends it with exit 0."""
+    import os
+    import signal
+    import threading
+
+    from conftest import free_port
+
+    tpm = start_swtpm(tmp_path, "tcp")
+    port = free_port(pair=True)
+    fifo = tmp_path / "wireshark.fifo"
+    os.mkfifo(fifo)
+    got = bytearray()
+
+    def read() -> None:  # what Wireshark does with the fifo
+        with open(fifo, "rb") as f:
+            while chunk := f.read(65536):
+                got.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    proxy = subprocess.Popen(
+        [
+            *tpmsniff_cmd(),
+            "extcap",
+            "--capture",
+            "--extcap-interface",
+            "tpmsniff-proxy",
+            "--fifo",
+            str(fifo),
+            "--listen",
+            f"tcp:127.0.0.1:{port}",
+            "--upstream",
+            tpm.data,
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def accepting() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port + 1), 0.5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(accepting, 30, "the proxy listening")
+        tpm2tools_workload(f"swtpm:host=127.0.0.1,port={port}", tmp_path / "w")
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait(60) == 0, proxy.stderr.read().decode() if proxy.stderr else ""
+    finally:
+        if proxy.poll() is None:
+            proxy.kill()
+        tpm.stop()
+    reader.join(30)
+    out = tmp_path / "live.pcapng"
+    out.write_bytes(bytes(got))
+    pkts = [p for p in read_pcapng(str(out)) if p.comment]
+    cmds = [p for p in pkts if "cmd " in (p.comment or "")]
+    assert len(cmds) > 20 and any("Unseal" in (p.comment or "") for p in cmds)
