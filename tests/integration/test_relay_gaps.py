@@ -190,3 +190,31 @@ def test_stop_waits_for_the_request_outstanding(relay, tmp_path):
     assert sniff.proc.wait(10) == 0
     assert rlen(got) == len(got) > 10
     assert jsonl.read_text().count("\n") == 2
+
+
+def test_native_relay_resumes_reading_after_python_catches_up(tmp_path):
+    """The C relay stops reading clients while 1 MiB of records waits for Python; when
+    Python takes them it must read them again. With --in-process, Python decodes on the
+    relay's own loop and falls behind a client that round-trips back to back: every
+    round trip still completes, none stalls (a stall was a hang until another event)."""
+    sw = start_swtpm(tmp_path, "unix")
+    sniff = start_sniff(tmp_path, sw.data, extra=["--relay", "native", "--in-process"])
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sniff.listen)
+        s.settimeout(10)  # a stall fails here instead of hanging the suite
+        deadline = time.monotonic() + 4
+        done = 0
+        while time.monotonic() < deadline and done < 60000:
+            s.sendall(GETRANDOM)
+            got = b""
+            while rlen(got) is None:
+                chunk = s.recv(4096)
+                assert chunk, "relay closed the connection"
+                got += chunk
+            done += 1
+        s.close()
+    finally:
+        rc = sniff.stop()
+        sw.stop()
+    assert rc == 0 and done > 1000

@@ -993,6 +993,8 @@ int tn_take(tn_relay *r, tn_batch *b) {
     r->out_frames = 0;
     r->notified = 0;
     pthread_mutex_unlock(&r->omu);
+    if (b->len >= OUT_HIGH)
+        wake(r); /* the thread stopped reading clients at OUT_HIGH: it re-arms them now */
     if (!any) {
         tn_batch_free(b);
         return 0;

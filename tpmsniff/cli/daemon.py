@@ -70,6 +70,17 @@ def _positive(text: str) -> int:
     return n
 
 
+MAX_MAX_MESSAGE = 1 << 24  # bounded: the C relay's records carry 32-bit lengths
+
+
+def _max_message(text: str) -> int:
+    """A TPM header is 10 bytes; above 16 MiB nothing real exists (swtpm's own cap is 4 KiB)."""
+    n = _positive(text)
+    if not 10 <= n <= MAX_MAX_MESSAGE:
+        raise argparse.ArgumentTypeError(f"--max-message must be 10..{MAX_MAX_MESSAGE}: {text!r}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="tpmsniff",
@@ -110,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument(
         "--max-message",
-        type=int,
+        type=_max_message,
         default=DEFAULT_MAX_MESSAGE,
         metavar="N",
         help="largest TPM message framed, excluding MS-sim prefix (default: 4096); "

@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 
 from .. import __version__
 from ..sinks.tee import registry_dir
@@ -34,20 +35,30 @@ def daemons() -> dict[str, str]:
     out: dict[str, str] = {}
     folder = registry_dir()
     try:
+        if not _mine(os.lstat(folder), stat.S_ISDIR):  # another user's folder: not ours
+            return out
         names = sorted(os.listdir(folder))
     except OSError:
         return out
     for name in names:
         if not name.startswith("tee-"):
             continue
+        entry = os.path.join(folder, name)
         try:
-            with open(os.path.join(folder, name), encoding="utf-8") as fh:
+            if not _mine(os.lstat(entry), stat.S_ISREG):
+                continue
+            with open(entry, encoding="utf-8") as fh:
                 path = fh.readline().strip()
         except OSError:
             continue
         if path and _alive(name[4:], path):
             out[PREFIX + name[4:]] = path
     return out
+
+
+def _mine(st: os.stat_result, kind: Callable[[int], bool]) -> bool:
+    """Our own directory or file (never another user's, never a symlink)."""
+    return kind(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def _alive(pid: str, path: str) -> bool:
@@ -103,7 +114,11 @@ def capture(args: argparse.Namespace) -> int:
             return 2
         cmd = [sys.executable, "-m", "tpmsniff", "--listen", args.listen]
         cmd += ["--upstream", args.upstream, "--mode", args.mode, "--pcap", args.fifo]
-        os.execv(sys.executable, [*cmd, "--console", "none"])  # the fifo is its capture
+        try:
+            os.execv(sys.executable, [*cmd, "--console", "none"])  # the fifo is its capture
+        except OSError as exc:
+            print(f"tpmsniff extcap: cannot start the proxy: {exc}", file=sys.stderr)
+            return 1
     path = daemons().get(args.extcap_interface or "")
     if path is None:
         print(f"tpmsniff extcap: no running daemon {args.extcap_interface}", file=sys.stderr)
@@ -148,7 +163,9 @@ def install_folder(user: bool = False) -> str:
         if m:
             version = (int(m.group(1)), int(m.group(2)))
         if os.geteuid() == 0 and not user:
-            g = subprocess.run([tshark, "-G", "folders"], capture_output=True, text=True)
+            g = subprocess.run(
+                [tshark, "-G", "folders"], capture_output=True, text=True, timeout=30
+            )
             folders = g.stdout
     if folders:
         for line in folders.splitlines():
@@ -163,21 +180,41 @@ def install_folder(user: bool = False) -> str:
 
 
 def install(user: bool) -> int:
-    folder = install_folder(user)
-    os.makedirs(folder, exist_ok=True)
-    dest = os.path.join(folder, LAUNCHER)
-    if os.path.islink(dest):
-        print(f"tpmsniff extcap: {dest}: a symbolic link; not replacing it", file=sys.stderr)
-        return 2
-    text = f'#!/bin/sh\nexec {sys.executable} -m tpmsniff extcap "$@"\n'
-    tmp = dest + ".new"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o755)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, dest)
+    """Put the launcher into Wireshark's extcap folder: one line and exit 3 on any error;
+    a file there that is not our launcher (or a symlink) is never replaced."""
+    try:
+        folder = install_folder(user)
+        os.makedirs(folder, exist_ok=True)
+        dest = os.path.join(folder, LAUNCHER)
+        if os.path.lexists(dest) and (os.path.islink(dest) or not _ours(dest)):
+            print(
+                f"tpmsniff extcap: {dest}: not a tpmsniff launcher; not replacing it",
+                file=sys.stderr,
+            )
+            return 3
+        text = f'#!/bin/sh\nexec {sys.executable} -m tpmsniff extcap "$@"\n'
+        tmp = f"{dest}.{os.getpid()}.new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o700)
+        try:
+            os.write(fd, text.encode())
+            os.fchmod(fd, 0o755)  # Wireshark runs it, possibly as another user
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"tpmsniff extcap: cannot install the launcher: {exc}", file=sys.stderr)
+        return 3
     print(dest)
     return 0
+
+
+def _ours(path: str) -> bool:
+    """A regular file we own whose text is a tpmsniff launcher (safe to update)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size > 4096:
+        return False
+    with open(path, "rb") as fh:
+        return b"-m tpmsniff extcap" in fh.read()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -402,6 +402,8 @@ def _wait_exit(pid: int, grace: float) -> int:
         if not done:
             os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped just before the cut: its shared count is final
+        return 0
     finally:
         if pidfd >= 0:
             os.close(pidfd)

@@ -76,7 +76,7 @@ def register(sock_path: str) -> str | None:
 def parse_size(text: str) -> int:
     mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:].upper(), 1)
     digits = text[:-1] if mult != 1 else text
-    if not digits.isdigit() or int(digits) < 64 * 1024 // mult:
+    if not digits.isdecimal() or int(digits) < 64 * 1024 // mult:
         raise OptionError(f"--pcap-tee-buffer {text!r}: expected N[K|M], at least 64K")
     return int(digits) * mult
 
@@ -276,8 +276,10 @@ class TeeSink(BaseSink):
                 waiting = [r.sock for r in self._readers if r.pending]
             try:
                 rd, wr, _ = select.select([self._lsock], waiting, [], 0.2)
-            except (OSError, ValueError):
-                return
+            except (OSError, ValueError):  # a reader dropped meanwhile: look again
+                if self._stop.is_set() or self._lsock.fileno() < 0:
+                    return
+                continue
             if rd:
                 self._accept()
             if wr:

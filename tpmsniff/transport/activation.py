@@ -43,9 +43,9 @@ def passed_sockets(env: MutableMapping[str, str] | None = None) -> list[Passed]:
         env.pop(key, None)
     if not count or count == "0":
         return []
-    if not pid.isdigit() or int(pid) != os.getpid():
+    if not pid.isdecimal() or int(pid) != os.getpid():
         return []
-    if not count.isdigit() or not 0 < int(count) <= MAX_PASSED:
+    if not count.isdecimal() or not 0 < int(count) <= MAX_PASSED:
         raise StartupError(f"LISTEN_FDS={count!r}: expected 1 to {MAX_PASSED} sockets")
     n = int(count)
     labels = names.split(":") if names else []
