@@ -150,10 +150,8 @@ def test_stop_with_an_idle_connection_does_not_wait(relay):
     s.close()
     # the drain ended because nothing was outstanding, not at its 2 s limit (an event,
     # not a time: under TSan the process alone takes over a second to exit)
-    logged = sniff.log_events()
-    events = [e.get("event", "") for e in logged]
+    events = [e.get("event", "") for e in sniff.log_events()]
     assert not [e for e in events if "after the drain limit" in e], events
-    assert [e.get("busy") for e in logged if e.get("event") == "stopping"] == [False]
 
 
 def test_stop_waits_for_the_request_outstanding(relay, tmp_path):
